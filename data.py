@@ -1,0 +1,218 @@
+"""
+Data: a procedural world of captioned videos, a loader for folders of real clips, and the tokenizer.
+
+    python data.py                       # writes out/world.gif: a grid of clips with their captions
+    python data.py --data=path/to/clips  # checks a folder of clip.mp4|clip.gif + clip.txt pairs
+
+The world: one or two coloured shapes move in a named direction (bouncing off the walls) over a
+dark or grey background, plain or softly graded. Every clip is a pure function of its seed and
+returns its caption, its ground-truth factors and the per-frame object centres, which eval.py uses.
+The first frame fixes the layout and later frames only continue the motion (the premise of FFE).
+Some colour x shape x direction triples are held out of training to measure generalisation.
+Layout: video (F, C, H, W) float32 in [-1, 1]; a batch is (B, F, C, H, W).
+"""
+import io
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COLOURS = {"red": (0.92, 0.16, 0.14), "green": (0.15, 0.78, 0.22), "blue": (0.22, 0.38, 0.98),
+           "yellow": (0.96, 0.86, 0.12), "purple": (0.68, 0.24, 0.86), "cyan": (0.12, 0.86, 0.88)}
+SHAPES = ["circle", "square", "triangle"]
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+BACKGROUNDS = {"dark": 0.10, "grey": 0.42}      # brightness in [0, 1]
+# held out of training: one (shape, direction) per colour, so every factor is still seen alone
+HELD_OUT = {(c, SHAPES[i % 3], list(DIRECTIONS)[(i + i // 3) % 4]) for i, c in enumerate(COLOURS)}
+
+
+@dataclass
+class WorldConfig:
+    size: int = 32                  # frame height = width in pixels
+    frames: int = 16                # frames per clip
+    p_two: float = 0.2              # probability of a second object
+    radius: tuple = (5.0, 7.0)      # object radius range in pixels
+    speed: tuple = (1.0, 1.6)       # pixels per frame
+    p_gradient: float = 0.5         # probability of a softly graded background
+
+
+# -----------------------------------------------------------------------------
+# the procedural world
+
+def _shape_alpha(shape, cx, cy, r, xx, yy):
+    """Anti-aliased coverage (H, W) in [0, 1] of one shape from its signed distance (pixels)."""
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        d = np.sqrt(dx ** 2 + dy ** 2) - r
+    elif shape == "square":
+        d = np.maximum(np.abs(dx), np.abs(dy)) - 0.82 * r
+    else:  # triangle pointing up: the largest distance to its three edge lines (outward normals)
+        ri = 0.58 * r   # inradius; area close to the circle's and square's
+        n = [(0.0, 1.0), (-0.866, -0.5), (0.866, -0.5)]
+        d = np.max([dx * a + (dy - 0.15 * r) * b for a, b in n], axis=0) - ri
+    return np.clip(0.5 - d, 0.0, 1.0)
+
+
+def make_clip(seed, cfg=WorldConfig(), split="train"):
+    """One clip from its seed: (video (F,3,H,W) in [-1,1], caption, factors, centres (F,n,2)).
+    split: 'train' avoids the held-out triples, 'heldout' draws only them, 'all' draws anything."""
+    rng = np.random.default_rng(seed)
+    S, T = cfg.size, cfg.frames
+    n_obj = 2 if rng.random() < cfg.p_two else 1
+    objects = []
+    for k in range(n_obj):
+        while True:
+            colour = str(rng.choice(list(COLOURS)))
+            shape, direction = str(rng.choice(SHAPES)), str(rng.choice(list(DIRECTIONS)))
+            held = (colour, shape, direction) in HELD_OUT
+            if k == 0 and ((split == "train" and held) or (split == "heldout" and not held)):
+                continue
+            if k == 1 and (split == "train" and held or colour == objects[0]["colour"]):
+                continue
+            break
+        r = rng.uniform(*cfg.radius)
+        pos = rng.uniform(r, S - r, size=2)
+        vel = np.array(DIRECTIONS[direction]) * rng.uniform(*cfg.speed)
+        objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=pos, vel=vel))
+    background = str(rng.choice(list(BACKGROUNDS)))
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
+    base = np.full((S, S), BACKGROUNDS[background], np.float32)
+    if rng.random() < cfg.p_gradient:   # a soft linear ramp of +-0.08 in a random direction
+        a = rng.uniform(0, 2 * np.pi)
+        base += 0.08 * ((xx - S / 2) * np.cos(a) + (yy - S / 2) * np.sin(a)) / (S / 2)
+    video = np.empty((T, 3, S, S), np.float32)
+    centres = np.empty((T, n_obj, 2), np.float32)
+    for t in range(T):
+        frame = np.repeat(base[None], 3, axis=0)                         # (3, H, W)
+        for k, o in enumerate(objects):
+            centres[t, k] = o["pos"]
+            alpha = _shape_alpha(o["shape"], o["pos"][0], o["pos"][1], o["radius"], xx, yy)
+            colour = np.array(COLOURS[o["colour"]], np.float32)[:, None, None]
+            frame = frame * (1 - alpha) + colour * alpha
+            o["pos"] = o["pos"] + o["vel"]
+            for d in range(2):   # bounce: reflect the centre back inside [r, S - r]
+                lo, hi = o["radius"], S - o["radius"]
+                if not lo <= o["pos"][d] <= hi:
+                    o["pos"][d] = 2 * (lo if o["pos"][d] < lo else hi) - o["pos"][d]
+                    o["vel"][d] = -o["vel"][d]
+        video[t] = frame
+    caption = " and ".join(f"a {o['colour']} {o['shape']} moving {o['direction']}" for o in objects)
+    caption += f" on a {background} background"
+    factors = dict(colours=[o["colour"] for o in objects], shapes=[o["shape"] for o in objects],
+                   directions=[o["direction"] for o in objects], background=background)
+    return np.clip(video, 0, 1) * 2 - 1, caption, factors, centres
+
+
+def make_batch(seed, n, cfg=WorldConfig(), split="train"):
+    """n clips from one seed: (videos (n,F,3,H,W) tensor, captions, factors, centres)."""
+    clips = [make_clip([int(s) for s in np.atleast_1d(seed)] + [i], cfg, split) for i in range(n)]
+    videos = torch.from_numpy(np.stack([c[0] for c in clips]))
+    return videos, [c[1] for c in clips], [c[2] for c in clips], [c[3] for c in clips]
+
+
+def all_captions():
+    """Every caption the world can produce (one and two objects), to train the tokenizer on."""
+    singles = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    return [f"{x} on a {b} background" for x in singles for b in BACKGROUNDS] + \
+           [f"{singles[0]} and {x} on a dark background" for x in singles]
+
+
+# -----------------------------------------------------------------------------
+# real clips: a folder of clip.mp4|clip.gif with a clip.txt caption beside each
+
+class FolderClips:
+    """Loads every clip of a folder once, resized (shorter side) and centre-cropped to size x size,
+    its first `frames` frames (a shorter clip repeats its last frame)."""
+
+    def __init__(self, path, cfg=WorldConfig()):
+        import imageio.v3 as iio
+        if not os.path.isdir(path):
+            raise ValueError(f"--data={path}: no such folder")
+        names = sorted(f for f in os.listdir(path) if f.lower().endswith((".mp4", ".gif")))
+        self.videos, self.captions = [], []
+        for name in names:
+            txt = os.path.join(path, os.path.splitext(name)[0] + ".txt")
+            if not os.path.exists(txt):
+                continue
+            frames = np.asarray(iio.imread(os.path.join(path, name), index=None))   # (T, H, W, C)
+            if frames.ndim == 3:
+                frames = frames[..., None]
+            x = torch.from_numpy(frames[..., :3].copy()).float().permute(0, 3, 1, 2) / 127.5 - 1
+            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x                  # grey -> RGB
+            h, w = x.shape[-2:]
+            scale = cfg.size / min(h, w)
+            x = F.interpolate(x, size=(max(cfg.size, round(h * scale)), max(cfg.size, round(w * scale))),
+                              mode="area")
+            top, left = (x.shape[-2] - cfg.size) // 2, (x.shape[-1] - cfg.size) // 2
+            x = x[:, :, top:top + cfg.size, left:left + cfg.size][:cfg.frames]    # (F, C, H, W)
+            x = torch.cat([x, x[-1:].expand(cfg.frames - len(x), -1, -1, -1)]) if len(x) < cfg.frames else x
+            self.videos.append(x.clamp(-1, 1))
+            self.captions.append(open(txt).read().strip())
+        if not self.videos:
+            raise ValueError(f"--data={path}: no clip.mp4|clip.gif with a clip.txt caption beside it")
+
+    def batch(self, seed, n):
+        idx = np.random.default_rng(seed).integers(0, len(self.videos), size=n)
+        return torch.stack([self.videos[i] for i in idx]), [self.captions[i] for i in idx]
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: SentencePiece (word model) trained on the captions; its bytes go into every checkpoint
+
+PAD, UNK, BOS = 0, 1, 2
+
+
+def train_tokenizer(captions):
+    """Train a word-level SentencePiece model on the captions; returns the serialised model bytes."""
+    import sentencepiece as spm
+    words = {w for c in captions for w in c.lower().split()}
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(list(captions) * 4), model_writer=buf,
+                                   model_type="word", vocab_size=len(words) + 4, hard_vocab_limit=False,
+                                   pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=3,
+                                   normalization_rule_name="identity", minloglevel=2)
+    return buf.getvalue()
+
+
+class Tokenizer:
+    """Captions -> (B, max_len) ids: BOS first, then the words, PAD after. The empty caption is
+    BOS alone: the unconditional input for classifier-free guidance. Unseen words map to UNK."""
+
+    def __init__(self, model_bytes, max_len=24):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_proto=bytes(model_bytes))
+        self.model_bytes, self.max_len, self.vocab_size = bytes(model_bytes), max_len, self.sp.get_piece_size()
+
+    def unknown_words(self, text):
+        return [w for w in text.lower().split() if self.sp.piece_to_id("\u2581" + w) == UNK]
+
+    def encode(self, texts):
+        out = torch.full((len(texts), self.max_len), PAD, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [BOS] + self.sp.encode(text.lower().strip())
+            if len(ids) > self.max_len:
+                raise ValueError(f"caption has {len(ids) - 1} tokens, more than the {self.max_len - 1} "
+                                 f"this model takes: {text!r}")
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    import imageio.v3 as iio
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    if "data" in args:
+        clips = FolderClips(args["data"])
+        print(f"{len(clips.videos)} clips, e.g. {clips.captions[0]!r}, shape {tuple(clips.videos[0].shape)}")
+    else:
+        videos, captions, _, _ = make_batch(0, 16)
+        for c in captions:
+            print(c)
+        grid = videos.view(4, 4, *videos.shape[1:]).permute(2, 0, 4, 1, 5, 3).flatten(1, 2).flatten(2, 3)
+        os.makedirs("out", exist_ok=True)
+        iio.imwrite("out/world.gif", ((grid + 1) * 127.5).round().byte().numpy(), duration=125, loop=0)
+        print("wrote out/world.gif")

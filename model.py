@@ -1,0 +1,404 @@
+"""
+The network: one video diffusion transformer (DiT) for every role in the pipeline.
+
+    teacher       causal=False   bidirectional, many-step flow matching (teacher.py)
+    student       causal=True    block-causal, few steps, KV-cache streaming (distill.py, sample.py)
+    fake score    causal=False   a copy of the teacher trained on student samples (distill.py)
+    discriminator trunk          the fake score's hidden states (forward(..., features=True))
+
+Layout, used everywhere: video (B, F, C, H, W) in [-1, 1]; each frame is cut into N = (H/p)(W/p)
+patches, so tokens are (B, F*N, D), frame-major. Noise levels are per frame: sigma (B, F) in [0, 1].
+Flow matching (rectified flow): x_s = (1 - s) x0 + s eps, the network predicts v = eps - x0, and
+x0 = x_s - s v. Positions: 3-D rotary embedding over (frame, row, col), so a rolling KV window can
+stream past the trained length (attention only sees relative offsets).
+The bottom of the file holds what every script shares: the --key=value CLI, checkpoints, DDP.
+"""
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+
+@dataclass
+class ModelConfig:
+    size: int = 32              # frame height = width (pixels)
+    frames: int = 8             # number of frames the model is trained on
+    channels: int = 3           # RGB
+    patch: int = 4              # patch side; tokens per frame = (size / patch) ** 2
+    dim: int = 128              # width D
+    depth: int = 4              # transformer blocks
+    heads: int = 4              # attention heads (head dim = dim / heads)
+    mlp_ratio: int = 4          # MLP hidden = mlp_ratio * dim
+    text_depth: int = 1         # layers of the caption encoder
+    vocab: int = 32             # tokenizer vocabulary size
+    text_len: int = 24          # caption tokens including BOS
+    causal: bool = False        # block-causal attention (student) or bidirectional (teacher)
+    frames_per_block: int = 2   # frames denoised together by the causal student
+    shift: float = 2.0          # timestep shift s: sigma -> s*sigma / (1 + (s-1)*sigma)
+
+
+# size presets shared by the scripts; `tiny` trains on a 2-core CPU
+MODELS = {
+    "test": dict(size=16, frames=4, patch=4, dim=32, depth=2, heads=2, frames_per_block=1),   # unit tests
+    "tiny": dict(size=32, frames=8, patch=4, dim=128, depth=4, heads=4),
+    "small": dict(size=64, frames=16, patch=4, dim=384, depth=12, heads=6),
+    "base": dict(size=128, frames=32, patch=4, dim=768, depth=16, heads=12),
+}
+
+
+# -----------------------------------------------------------------------------
+# flow matching: noise levels and conversions (Self Forcing, algorithms.md section 1)
+
+def add_noise(x0, eps, sigma):
+    """x_s = (1 - s) x0 + s eps; sigma broadcasts from (B, F)."""
+    s = sigma[..., None, None, None]
+    return (1 - s) * x0 + s * eps
+
+
+def v_to_x0(x, v, sigma):
+    return x - sigma[..., None, None, None] * v
+
+
+def x0_to_v(x, x0, sigma):
+    return (x - x0) / sigma[..., None, None, None]
+
+
+def shift_sigma(u, shift):
+    """The timestep shift used by SD3 / Wan / Self Forcing; u is a uniform noise level in [0, 1]."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def few_step_sigmas(n_steps, shift):
+    """Self Forcing's warped list: [1000, 750, 500, 250] -> sigmas shift([1, .75, .5, .25]) for 4 steps."""
+    return [shift_sigma(1 - i / n_steps, shift) for i in range(n_steps)]
+
+
+# -----------------------------------------------------------------------------
+# the network
+
+def sinusoidal(x, dim):
+    """(...,) -> (..., dim) sinusoidal features of a scalar (noise level x 1000)."""
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=x.device) / (dim // 2))
+    ang = x[..., None].float() * freqs
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+
+def rope_tables(frames, rows, cols, head_dim, frame_start=0, device="cpu"):
+    """cos/sin (frames*rows*cols, head_dim/2) of 3-D RoPE: the head dim is split between frame,
+    row and column as in Wan (time gets the remainder)."""
+    d_hw = 2 * (head_dim // 6)
+    parts = [(torch.arange(frame_start, frame_start + frames), head_dim - 2 * d_hw),
+             (torch.arange(rows), d_hw), (torch.arange(cols), d_hw)]
+    angles = []
+    for pos, d in parts:
+        inv = 1.0 / (100.0 ** (torch.arange(0, d, 2).float() / d))           # (d/2,)
+        angles.append(pos.float()[:, None] * inv)                           # (n, d/2)
+    f, r, c = angles
+    a = torch.cat([f[:, None, None].expand(-1, rows, cols, -1),             # (F, h, w, hd/2)
+                   r[None, :, None].expand(frames, -1, cols, -1),
+                   c[None, None, :].expand(frames, rows, -1, -1)], dim=-1).flatten(0, 2)
+    return a.cos().to(device), a.sin().to(device)
+
+
+class KVCache:
+    """Committed context for streaming: per layer, the clean K/V (B, H, L, hd) of the frames so far.
+    A block is denoised against it (write=False), then committed with one forward at sigma=0
+    (write=True). With a window, only the last `window` frames are kept (rolling cache)."""
+
+    def __init__(self, depth, tokens_per_frame, window=0):
+        self.k, self.v = [None] * depth, [None] * depth
+        self.frames, self.tokens_per_frame, self.window, self.write = 0, tokens_per_frame, window, False
+
+    def attend(self, i, q, k, v):
+        out = kernels.cache_attention(q, k, v, self.k[i], self.v[i])
+        if self.write:   # stored detached: no gradient ever flows through committed context
+            k, v = k.detach(), v.detach()
+            self.k[i] = k if self.k[i] is None else torch.cat([self.k[i], k], dim=2)
+            self.v[i] = v if self.v[i] is None else torch.cat([self.v[i], v], dim=2)
+            if self.window:
+                keep = self.window * self.tokens_per_frame
+                self.k[i], self.v[i] = self.k[i][:, :, -keep:], self.v[i][:, :, -keep:]
+        return out
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, cross=False):
+        super().__init__()
+        self.heads, self.cross = heads, cross
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads), nn.RMSNorm(dim // heads)   # QK-norm
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx=None, ctx_mask=None, rope=None, attend=None):
+        B, L, D = x.shape
+        src = x if ctx is None else ctx
+        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2)                 # (B, H, L, hd)
+        k, v = self.kv(src).view(B, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.cross:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
+        else:
+            q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)
+            o = attend(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """adaLN-Zero DiT block: self-attention, caption cross-attention, MLP. The modulation comes
+    from the per-frame conditioning c (B, F, D), so frames at different noise levels coexist."""
+
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.attn, self.cross = Attention(dim, heads), Attention(dim, heads, cross=True)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight), nn.init.zeros_(self.ada.bias)   # every block starts as identity
+
+    def forward(self, x, c, ctx, ctx_mask, rope, attend):
+        B, Fr = c.shape[:2]
+        m = self.ada(F.silu(c))[:, :, None].chunk(6, dim=-1)                      # 6 x (B, F, 1, D)
+        frames = lambda t: t.view(B, Fr, -1, t.shape[-1])                         # (B, F*N, D) -> (B, F, N, D)
+        h = kernels.modulate(frames(x), m[0], m[1]).flatten(1, 2)
+        x = x + (m[2] * frames(self.attn(h, rope=rope, attend=attend))).flatten(1, 2)
+        x = x + self.cross(self.norm_cross(x), ctx, ctx_mask)
+        h = kernels.modulate(frames(x), m[3], m[4]).flatten(1, 2)
+        return x + (m[5] * frames(self.mlp(h))).flatten(1, 2)
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, p = cfg.dim, cfg.patch
+        self.grid = cfg.size // p                                                 # patches per side
+        self.patch_in = nn.Linear(cfg.channels * p * p, D)
+        self.t_embed = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        # caption encoder: token + position embeddings, a small transformer, a pooled vector
+        self.tok = nn.Embedding(cfg.vocab, D)
+        self.tok_pos = nn.Parameter(torch.randn(cfg.text_len, D) * 0.02)
+        self.text = nn.ModuleList(nn.TransformerEncoderLayer(D, cfg.heads, cfg.mlp_ratio * D, 0.0, "gelu",
+                                                             batch_first=True, norm_first=True)
+                                  for _ in range(cfg.text_depth))
+        self.text_pool = nn.Linear(D, D)
+        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.ada_out = nn.Linear(D, 2 * D)
+        self.patch_out = nn.Linear(D, cfg.channels * p * p)
+        for m in (self.ada_out, self.patch_out):                                 # adaLN-Zero output
+            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+
+    def encode_text(self, ids):
+        """ids (B, Lt) -> (ctx (B, Lt, D), mask (B, Lt) True = real token, pooled (B, D))."""
+        mask = ids != 0
+        h = self.tok(ids) + self.tok_pos[: ids.shape[1]]
+        for layer in self.text:
+            h = layer(h, src_key_padding_mask=~mask)
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return h, mask, self.text_pool(pooled)
+
+    def forward(self, x, sigma, text, cache=None, features=False):
+        """x (B, F, C, H, W), sigma (B, F), text = ids (B, Lt) or encode_text(ids) -> v (B, F, C, H, W).
+        With a cache, x is one block of frames that continues the cached context.
+        features=True also returns every block's hidden states (B, F*N, D) (discriminator trunk)."""
+        B, Fr, C, H, W = x.shape
+        p, g, cfg = self.cfg.patch, self.grid, self.cfg
+        tokens = x.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr * g * g, C * p * p)
+        h = self.patch_in(tokens)                                                 # (B, F*N, D)
+        ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
+        c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
+        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, cache.frames if cache else 0, x.device)
+        feats = []
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                attend = lambda q, k, v, i=i: cache.attend(i, q, k, v)
+            elif cfg.causal:
+                attend = lambda q, k, v: kernels.block_causal_attention(q, k, v, cfg.frames_per_block * g * g)
+            else:
+                attend = lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
+            h = block(h, c, ctx, ctx_mask, rope, attend)
+            feats.append(h)
+        if cache is not None and cache.write:
+            cache.frames += Fr
+        shift, scale = self.ada_out(F.silu(c))[:, :, None].chunk(2, dim=-1)       # (B, F, 1, D)
+        out = self.patch_out(kernels.modulate(h.view(B, Fr, g * g, -1), shift, scale))
+        v = out.view(B, Fr, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, C, H, W)
+        return (v, feats) if features else v
+
+    def new_cache(self, window=0):
+        return KVCache(self.cfg.depth, self.grid ** 2, window)
+
+
+def guided_x0(model, x, sigma, text_c, text_u, scale):
+    """Classifier-free guidance on x0: x0_u + scale * (x0_c - x0_u), one batched forward."""
+    both = [torch.cat([a, b]) for a, b in zip(text_c, text_u)]
+    v = model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+    x0_c, x0_u = v_to_x0(torch.cat([x, x]), v, torch.cat([sigma, sigma])).chunk(2)
+    return x0_u + scale * (x0_c - x0_u)
+
+
+@torch.no_grad()
+def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=()):
+    """Many-step Euler sampler of the flow ODE with CFG on the uniform-then-shifted grid.
+    Returns x0 and {sigma: x_sigma} for every grid sigma in keep_sigmas (ODE-init trajectories)."""
+    sigmas = [shift_sigma(1 - i / n_steps, model.cfg.shift) for i in range(n_steps)] + [0.0]
+    x, kept = noise, {}
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        for k in keep_sigmas:
+            if abs(k - s) < 1e-6:
+                kept[k] = x
+        sig = torch.full(x.shape[:2], s, device=x.device)
+        x0 = guided_x0(model, x, sig, text_c, text_u, scale)
+        x = x + (s_next - s) * x0_to_v(x, x0, sig)          # Euler: x_{s'} = x_s + (s' - s) v
+    missing = [k for k in keep_sigmas if k not in kept]
+    assert not missing, f"sigmas {missing} are not on the {n_steps}-step grid"
+    return x, kept
+
+
+def block_schedules(n_blocks, steps, first_steps=0, sigmas=None):
+    """Per block, the sigmas it is denoised through: the first `steps` of the warped list, and
+    `first_steps` for block 0 when First-Frame Enhancement is on (the paper's 1* / 2*)."""
+    return [sigmas[:first_steps if (b == 0 and first_steps) else steps] for b in range(n_blocks)]
+
+
+def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trace=False, on_block=None):
+    """Causal few-step generation with the KV cache (Self Forcing, algorithms.md 2.1 and 2.5).
+    noise (B, F, C, H, W) with F a multiple of frames_per_block (may exceed the trained length when
+    a rolling `window` of frames is set). Per block: denoise through its schedule, predicting x0 and
+    re-noising it to the next sigma with fresh noise; the last forward is the block's exit and keeps
+    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V.
+    Returns x0 (B, F, C, H, W), and with trace=True also [block][step] -> x0 predictions.
+    on_block(b, x0) is called as soon as block b is denoised (streaming display, latency)."""
+    fpb, B = G.cfg.frames_per_block, noise.shape[0]
+    cache, outs, steps = G.new_cache(window), [], []
+    with torch.set_grad_enabled(grad):
+        text = G.encode_text(ids)
+    for b, sched in enumerate(schedules):
+        x = noise[:, b * fpb:(b + 1) * fpb]                                           # (B, fpb, C, H, W)
+        steps.append([])
+        for k, s in enumerate(sched):
+            exit_ = k == len(sched) - 1
+            sig = torch.full((B, fpb), s, device=noise.device)
+            with torch.set_grad_enabled(grad and exit_):   # gradient only through the exit forward
+                x0 = v_to_x0(x, G(x, sig, text, cache=cache), sig)
+            steps[-1].append(x0.detach())
+            if not exit_:   # consistency-style: re-noise the x0 prediction to the next level
+                eps = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+                x = add_noise(x0.detach(), eps, torch.full((B, fpb), sched[k + 1], device=noise.device))
+        outs.append(x0)
+        if on_block:
+            on_block(b, x0)
+        with torch.no_grad():                              # commit: clean K/V of this block at sigma=0
+            cache.write = True
+            G(x0.detach(), torch.zeros(B, fpb, device=noise.device), text, cache=cache)
+            cache.write = False
+    video = torch.cat(outs, dim=1)
+    return (video, steps) if trace else video
+
+
+# -----------------------------------------------------------------------------
+# shared by the scripts: --key=value CLI, checkpoints, devices and DDP
+
+def parse_args(cfg, argv, presets=None):
+    """Apply --preset=name then --key=value overrides to a dataclass; bad input exits with one line."""
+    kv, argv = {}, list(argv)
+    while argv:   # --key=value or --key value
+        a = argv.pop(0)
+        if not a.startswith("--") or ("=" not in a and (not argv or argv[0].startswith("--"))):
+            sys.exit(f"error: expected --key=value or --key value, got {a!r}")
+        k, v = a[2:].split("=", 1) if "=" in a else (a[2:], argv.pop(0))
+        kv[k.replace("-", "_")] = v
+    if "preset" in kv:
+        name = kv.pop("preset")
+        if presets is None or name not in presets:
+            sys.exit(f"error: unknown --preset={name} (choose from {', '.join(presets or [])})")
+        kv = {**{k: str(v) for k, v in presets[name].items()}, **kv}
+    types = {f.name: type(getattr(cfg, f.name)) for f in fields(cfg)}
+    for k, v in kv.items():
+        if k not in types:
+            sys.exit(f"error: unknown option --{k} (options: {', '.join('--' + n for n in types)})")
+        t = types[k]
+        try:
+            val = {"true": True, "1": True, "false": False, "0": False}[v.lower()] if t is bool else t(v)
+        except (ValueError, KeyError):
+            sys.exit(f"error: --{k}={v} is not a valid {t.__name__}")
+        setattr(cfg, k, val)
+    return cfg
+
+
+def model_config(preset_name, **over):
+    return ModelConfig(**{**MODELS[preset_name], **over})
+
+
+def save_checkpoint(obj, path):
+    """Atomic write: a crash mid-write never leaves a truncated checkpoint behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, kind=None):
+    """Load a checkpoint dict (weights_only) or exit with one clear line."""
+    if not os.path.exists(path):
+        sys.exit(f"error: checkpoint {path} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        sys.exit(f"error: checkpoint {path} is not a readable checkpoint ({type(e).__name__})")
+    if not isinstance(ck, dict) or "model_cfg" not in ck:
+        sys.exit(f"error: {path} is not a checkpoint of this repository")
+    if kind and ck.get("kind") not in (kind if isinstance(kind, tuple) else (kind,)):
+        sys.exit(f"error: {path} holds a {ck.get('kind')} checkpoint, expected {kind}")
+    return ck
+
+
+def check_same_config(saved, current, path):
+    """--resume with a different model config would silently mix shapes: refuse with the difference."""
+    diff = [f"{k}={saved.get(k)} (now {v})" for k, v in asdict(current).items() if saved.get(k) != v]
+    if diff:
+        sys.exit(f"error: {path} was made with another model config: {', '.join(diff)}")
+
+
+def build_model(ck, weights="ema"):
+    """Rebuild a DiT from a checkpoint alone, preferring the EMA weights."""
+    model = DiT(ModelConfig(**ck["model_cfg"]))
+    model.load_state_dict(ck[weights] if weights in ck else ck["model"])
+    return model
+
+
+def setup(device="auto", seed=0):
+    """Device autodetect and DDP from torchrun's RANK variable: (rank, world, device, autocast dtype)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if device == "cuda":
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    torch.manual_seed(seed + rank)
+    dtype = torch.bfloat16 if device.startswith("cuda") else None     # bf16 autocast on CUDA only
+    return rank, world, torch.device(device), dtype
+
+
+def broadcast_int(x, device):
+    """A random choice that changes the graph (the exit step) must agree across ranks: rank 0's wins.
+    A no-op without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    t = torch.tensor([x], device=device)
+    torch.distributed.broadcast(t, 0)
+    return int(t.item())
+
+
+def count_params(m):
+    return sum(p.numel() for p in m.parameters())
+

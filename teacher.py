@@ -1,0 +1,187 @@
+"""
+Train the teacher: a bidirectional video DiT with flow matching and caption dropout (for CFG).
+
+    python teacher.py                                       # tiny preset, 2-core CPU, ~25 min
+    python teacher.py --resume=true                         # continue out/teacher.pt exactly
+    python teacher.py --preset=gpu --out=out_gpu            # one GPU (bf16 autocast)
+    torchrun --standalone --nproc_per_node=8 teacher.py --preset=gpu8
+    python teacher.py --data=path/to/clips                  # your own clip.mp4 + clip.txt pairs
+
+Writes {out}/teacher.pt (everything, for --resume) and {out}/teacher_ema.pt (EMA weights, configs
+and tokenizer: what distill.py and sample.py need). Every step's batch, noise and caption
+dropout are a pure function of (seed, step), so a resumed run equals an uninterrupted one and
+N ranks with micro-batch b see exactly the data of 1 process with batch N*b.
+"""
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+import kernels
+import model as M
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"             # size preset from model.MODELS
+    out: str = "out"                # output folder
+    data: str = ""                  # folder of real clips; empty = the procedural world
+    steps: int = 3000               # optimizer steps
+    batch: int = 8                  # global batch (videos per step, all ranks together)
+    micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
+    lr: float = 6e-4                # peak learning rate (AdamW)
+    warmup: int = 100               # linear warm-up steps
+    min_lr: float = 0.05            # cosine decay floor, as a fraction of lr
+    weight_decay: float = 0.01      # AdamW weight decay
+    grad_clip: float = 1.0          # max gradient norm
+    ema: float = 0.998              # EMA decay of the weights used for sampling
+    p_uncond: float = 0.1           # caption dropout for classifier-free guidance
+    seed: int = 0                   # data, noise and init seed
+    save_every: int = 200           # checkpoint every N steps (atomic)
+    stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
+    resume: bool = False            # continue from {out}/teacher.pt
+    device: str = "auto"            # auto | cpu | cuda | mps
+    compile: bool = True            # torch.compile the model (before DDP; ~1 min, ~1.25x faster)
+    threads: int = 0                # CPU threads (0 = torch default)
+
+
+PRESETS = {
+    "tiny": dict(model="tiny"),
+    "gpu": dict(model="small", steps=20000, batch=64, lr=3e-4, compile=True),
+    "gpu8": dict(model="base", steps=40000, batch=256, lr=2e-4, compile=True),
+}
+
+
+def lr_at(step, cfg):
+    """Linear warm-up, then cosine decay to min_lr * lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
+    """Videos lo..hi-1 of step `step`'s global batch, with their noise, noise levels and dropout mask.
+    Each clip depends on (seed, step, index) only; the noise is drawn for the whole global batch."""
+    if folder is not None:
+        x0, captions = folder.batch([cfg.seed, step], cfg.batch)
+        x0, captions = x0[lo:hi], captions[lo:hi]
+    else:
+        clips = [data.make_clip([cfg.seed, step, i], world_cfg) for i in range(lo, hi)]
+        x0, captions = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1] for c in clips]
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    eps = torch.randn((cfg.batch,) + tuple(x0.shape[1:]), generator=g)[lo:hi]
+    # logit-normal noise levels (SD3): most training where the flow is hardest, mid-range sigma
+    sigma = torch.sigmoid(torch.randn(cfg.batch, generator=g))[lo:hi]
+    drop = (torch.rand(cfg.batch, generator=g) < cfg.p_uncond)[lo:hi]
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    return x0, tok.encode(captions), eps, sigma
+
+
+def flow_loss(model, x0, ids, eps, sigma):
+    """Flow-matching loss: mean ||v_hat - (eps - x0)||^2 at x_s = (1-s) x0 + s eps (Self Forcing 1.1)."""
+    sig = sigma[:, None].expand(-1, x0.shape[1])                          # one level per video: (B, F)
+    x = M.add_noise(x0, eps, sig)
+    v = model(x, sig, ids)
+    return F.mse_loss(v.float(), (eps - x0).float())
+
+
+def main(argv):
+    cfg = M.parse_args(TrainConfig(), argv, PRESETS)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device, amp = M.setup(cfg.device, cfg.seed)
+    master = rank == 0
+    micro = cfg.micro_batch or cfg.batch // world
+    if cfg.batch % (micro * world):
+        sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
+    accum = cfg.batch // (micro * world)
+    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"])
+    folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
+    ck_path = os.path.join(cfg.out, "teacher.pt")
+
+    # ---- build: tokenizer, model, EMA, optimizer (or restore all of it) ----
+    ck = M.load_checkpoint(ck_path, "teacher-train") if cfg.resume else None
+    tok_bytes = bytes(ck["tokenizer"].tolist()) if ck else data.train_tokenizer(
+        data.all_captions() + (folder.captions if folder else []))
+    tok = data.Tokenizer(tok_bytes)
+    mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len)
+    if ck:
+        M.check_same_config(ck["model_cfg"], mcfg, ck_path)
+    torch.manual_seed(cfg.seed)
+    net = M.DiT(mcfg).to(device)
+    ema = M.DiT(mcfg).to(device).requires_grad_(False)
+    decay, no_decay = [[p for p in net.parameters() if (p.ndim >= 2) == nd] for nd in (True, False)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    start = 0
+    if ck:
+        net.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+        torch.set_rng_state(ck["rng"])
+    else:
+        ema.load_state_dict(net.state_dict())
+    fwd = torch.compile(net) if cfg.compile else net
+    fwd = DDP(fwd) if world > 1 else fwd
+    if master:
+        os.makedirs(cfg.out, exist_ok=True)
+        log = open(os.path.join(cfg.out, "teacher.log"), "a")
+        print(f"config {asdict(cfg)}\nmodel {asdict(mcfg)}\n{M.count_params(net) / 1e6:.2f}M parameters, "
+              f"{world} rank(s) x micro-batch {micro} x {accum} accumulation, device {device}", file=log, flush=True)
+        print(f"teacher: {M.count_params(net) / 1e6:.2f}M params, {cfg.steps} steps of {cfg.batch} videos, "
+              f"{world} rank(s), device {device}" + (f", resuming at step {start}" if ck else ""))
+
+    def save(step):
+        M.save_checkpoint(dict(kind="teacher-train", model=net.state_dict(), ema=ema.state_dict(),
+                               opt=opt.state_dict(), step=step, rng=torch.get_rng_state(),
+                               model_cfg=asdict(mcfg), train_cfg=asdict(cfg),
+                               tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)), ck_path)
+        M.save_checkpoint(dict(kind="teacher", ema=ema.state_dict(), step=step, model_cfg=asdict(mcfg),
+                               train_cfg=asdict(cfg), tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
+                          os.path.join(cfg.out, "teacher_ema.pt"))
+
+    # ---- the loop ----
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = 0.0
+        for a in range(accum):
+            lo = (rank * accum + a) * micro
+            x0, ids, eps, sigma = (t.to(device) for t in get_batch(cfg, world_cfg, tok, step, lo, lo + micro, folder))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = flow_loss(fwd, x0, ids, eps, sigma) / accum
+            loss.backward()
+            total += loss.item()
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():   # EMA with a short warm-up so early samples are not stuck at init
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - d)
+        if master:
+            line = (f"step {step + 1} | loss {total:.4f} | grad_norm {gnorm:.3f} | lr {lr_at(step, cfg):.2e} | "
+                    f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+            print(line, file=log, flush=True)
+            bar.set_postfix_str(f"loss {total:.4f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+                save(step + 1)
+    if master:
+        bar.close()
+        print(f"wrote {ck_path} and {os.path.join(cfg.out, 'teacher_ema.pt')} at step {end}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
