@@ -46,14 +46,15 @@ class DistillConfig:
     ode_euler: int = 16             # Euler steps per trajectory (a multiple of n_steps)
     ode_lr: float = 2e-4            # AdamW lr for the regression
     # stage 2
-    lr_g: float = 2e-5              # generator lr
-    lr_fake: float = 4e-5           # fake score lr
+    lr_g: float = 5e-5              # generator lr
+    lr_fake: float = 5e-5           # fake score lr
     lr_d: float = 1e-4              # discriminator head lr
     ratio: int = 5                  # two-time-scale: one generator update per `ratio` critic updates
     real_cfg: float = 3.0           # CFG scale of the real score (teacher), u + g (c - u)
     ema: float = 0.98               # EMA decay of the generator
     grad_clip: float = 10.0         # max gradient norm (Self Forcing)
-    alpha: float = 0.1              # ASD weight: L_G = L_DMD + alpha * L_ASD
+    alpha: float = 0.3              # ASD weight: L_G = L_DMD + alpha * L_ASD (see alpha_adaptive)
+    alpha_adaptive: bool = True     # alpha as a ratio: weight = alpha * |dL_DMD/dx| / |dL_ASD/dx| (VQGAN-style)
     d_loss: str = "hinge"           # hinge | rpgan (relativistic softplus, R3GAN) for ASD
     r1r2: float = 0.0               # rpgan: weight of the finite-difference R1/R2 penalty
     d_sigma_max: float = 0.98       # discriminator inputs are noised at sigma = shift(U(0.02, max))
@@ -209,6 +210,7 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
     states_clean = torch.cat([states, x0s[:, None]], 1)                              # (P, N+1, F, C, H, W)
     sig_all = torch.tensor(sigmas + [0.0])
     bar = tqdm(range(cfg.steps), disable=not master, desc="ODE regression")
+    t_start = time.perf_counter()
     for it in bar:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
@@ -236,7 +238,9 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
                                model_cfg=asdict(mc), train_cfg={k: v for k, v in asdict(cfg).items()},
                                tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
                           os.path.join(cfg.out, "ode.pt"))
-        print(f"wrote {os.path.join(cfg.out, 'ode.pt')}")
+        minutes = (time.perf_counter() - t_start) / 60
+        cfg._log.write(f"ODE regression: {cfg.steps} steps in {minutes:.1f} min\n")
+        print(f"wrote {os.path.join(cfg.out, 'ode.pt')} (regression {minutes:.1f} min)")
 
 
 # -----------------------------------------------------------------------------
@@ -301,8 +305,11 @@ def generator_step(s, n, ids, ids_u, g):
                 b = d_logits(s.fake, s.head, x_next, sig, torch.randn(shape, generator=g).to(s.device), ids, n)
             l_asd = rpgan_g_loss(a, b)
         grad_asd, = torch.autograd.grad(l_asd, xd)
-        grad_x = grad_x + cfg.alpha * grad_asd
-        stats.update(loss_asd=l_asd.item(), g_asd=cfg.alpha * grad_asd.norm().item())
+        # the two gradients live on unrelated scales (DMD's is divided by the number of pixels), so
+        # by default alpha sets the ratio of their norms at x, as VQGAN's adaptive GAN weight does
+        weight = cfg.alpha * grad_x.norm() / grad_asd.norm().clamp_min(1e-12) if cfg.alpha_adaptive else cfg.alpha
+        grad_x = grad_x + weight * grad_asd
+        stats.update(loss_asd=l_asd.item(), g_asd=(weight * grad_asd).norm().item())
     x.backward(grad_x)        # = backward of L_DMD + alpha * L_ASD, one pass through the exits
     step_optimizer(s.G.parameters(), s.opt_g, s)
     s.fake.requires_grad_(True), s.head.requires_grad_(True)
@@ -312,22 +319,19 @@ def generator_step(s, n, ids, ids_u, g):
     return stats
 
 
-def fake_step(s, n, ids, g):
-    """Fake-score update on fresh no-grad student samples (DMD2 / Self Forcing critic)."""
-    with torch.no_grad():
-        x = student_rollout(s, n, ids, g, grad=False)
+def fake_step(s, x, ids, g):
+    """Fake-score update on fresh no-grad student samples x (DMD2 / Self Forcing critic)."""
     loss = fake_score_loss(s.fake, x, ids, g)
     step_optimizer(s.fake.parameters(), s.opt_f, s, loss)
     return dict(loss_fake=loss.item())
 
 
-def discriminator_step(s, n, ids, g):
+def discriminator_step(s, n, x_n, x_n1, ids, g):
     """ASD discriminator update, head only: the fake-score trunk runs without grad ('frozen fake
-    score', algorithms.md 6.2). 'real' = the (n+1)-step output, 'fake' = the n-step output,
-    noised with the same sigma and the same noise."""
+    score', algorithms.md 6.2). 'real' = the (n+1)-step output x_n1, 'fake' = the n-step output
+    x_n (both no-grad rollouts), noised with the same sigma and the same noise."""
     cfg = s.cfg
     with torch.no_grad():
-        x_n, x_n1 = student_rollout(s, n, ids, g, grad=False), student_rollout(s, n + 1, ids, g, grad=False)
         sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
         feats_f = s.fake(M.add_noise(x_n, eps, sig), sig, ids, features=True)[1]
         feats_r = s.fake(M.add_noise(x_n1, eps, sig), sig, ids, features=True)[1]
@@ -371,6 +375,7 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
 
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
+    t_start = time.perf_counter()
     for it in bar:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + rank)   # this rank's draws
@@ -380,9 +385,16 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
         stats = {}
         if it % cfg.ratio == 0:                                   # two-time-scale update rule
             stats.update(generator_step(s, M.broadcast_int(rnd.randint(1, s.N), device), ids, ids_u, g))
-        stats.update(fake_step(s, M.broadcast_int(rnd.randint(1, s.N), device), ids, g))
-        if cfg.method == "asd":
-            stats.update(discriminator_step(s, M.broadcast_int(rnd.randint(1, s.N - 1), device), ids, g))
+        # critics: the fake score learns from the n-step samples; for ASD the same samples are D's
+        # 'fake' side and one more rollout gives the (n+1)-step 'real' side (no D update when n = N)
+        n = M.broadcast_int(rnd.randint(1, s.N), device)
+        with torch.no_grad():
+            x_n = student_rollout(s, n, ids, g, grad=False)
+        stats.update(fake_step(s, x_n, ids, g))
+        if cfg.method == "asd" and n < s.N:
+            with torch.no_grad():
+                x_n1 = student_rollout(s, n + 1, ids, g, grad=False)
+            stats.update(discriminator_step(s, n, x_n, x_n1, ids, g))
         if master:
             line = f"step {it + 1} | " + " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in stats.items())
@@ -393,7 +405,9 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
                 save(it + 1)
     if master:
         bar.close()
-        print(f"wrote {ck_path} and {os.path.join(cfg.out, cfg.method + '_ema.pt')} at iteration {end}")
+        minutes = (time.perf_counter() - t_start) / 60
+        cfg._log.write(f"trained iterations {start}-{end} in {minutes:.1f} min\n")
+        print(f"wrote {ck_path} and {os.path.join(cfg.out, cfg.method + '_ema.pt')} at iteration {end} ({minutes:.1f} min)")
 
 
 def d_sigma(s, g):

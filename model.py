@@ -89,6 +89,19 @@ def sinusoidal(x, dim):
     return torch.cat([ang.cos(), ang.sin()], dim=-1)
 
 
+def abs_positions(frames, rows, cols, dim, frame_start=0, device="cpu"):
+    """Fixed sinusoidal (frame, row, col) embeddings added to the tokens, (F*h*w, dim). RoPE alone
+    scores (time, space) offsets as a sum of separate terms, so 'the object moved v*dt pixels in dt
+    frames' is hard to express; with absolute codes in the tokens the MLPs can mix time and space
+    (a teacher with RoPE only learnt static objects; the design's probe with fixed positions moved)."""
+    d = dim // 3 // 2 * 2                                                     # even share per axis
+    f = sinusoidal(torch.arange(frame_start, frame_start + frames, device=device).float(), d)
+    r, c = sinusoidal(torch.arange(rows, device=device).float(), d), sinusoidal(torch.arange(cols, device=device).float(), d)
+    pe = torch.cat([f[:, None, None].expand(-1, rows, cols, -1), r[None, :, None].expand(frames, -1, cols, -1),
+                    c[None, None, :].expand(frames, rows, -1, -1)], dim=-1).flatten(0, 2)
+    return F.pad(pe, (0, dim - 3 * d))
+
+
 def rope_tables(frames, rows, cols, head_dim, frame_start=0, device="cpu"):
     """cos/sin (frames*rows*cols, head_dim/2) of 3-D RoPE: the head dim is split between frame,
     row and column as in Wan (time gets the remainder)."""
@@ -211,10 +224,11 @@ class DiT(nn.Module):
         B, Fr, C, H, W = x.shape
         p, g, cfg = self.cfg.patch, self.grid, self.cfg
         tokens = x.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr * g * g, C * p * p)
-        h = self.patch_in(tokens)                                                 # (B, F*N, D)
+        start = cache.frames if cache else 0
+        h = self.patch_in(tokens) + abs_positions(Fr, g, g, cfg.dim, start, x.device)   # (B, F*N, D)
         ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
         c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
-        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, cache.frames if cache else 0, x.device)
+        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device)
         feats = []
         for i, block in enumerate(self.blocks):
             if cache is not None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 import data
 import distill
+import eval as E
 import kernels
 import model as M
 import teacher
@@ -378,7 +380,9 @@ def same(a, b):
 def test_discriminator_step_changes_only_the_head(tiny_run):
     s, ids, _ = _sf_state(tiny_run, "asd")
     g0, f0, h0 = snapshot(s.G), snapshot(s.fake), snapshot(s.head)
-    distill.discriminator_step(s, 2, ids, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x_n, x_n1 = (distill.student_rollout(s, n, ids, g, grad=False) for n in (2, 3))
+    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
     assert not same(h0, snapshot(s.head))
     assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake))
 
@@ -396,7 +400,8 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
 def test_fake_step_changes_only_the_fake_score(tiny_run):
     s, ids, _ = _sf_state(tiny_run, "dmd")
     g0, f0 = snapshot(s.G), snapshot(s.fake)
-    distill.fake_step(s, 2, ids, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    distill.fake_step(s, distill.student_rollout(s, 2, ids, g, grad=False), ids, g)
     assert same(g0, snapshot(s.G)) and not same(f0, snapshot(s.fake))
 
 
@@ -472,3 +477,251 @@ def test_unknown_words_are_handled(tiny_run, tmp_path):
     p = run(["sample.py", f"--ckpt={tiny_run}/asd_ema.pt", "--prompt=a chartreuse circle moving left",
              "--n=1", f"--out={tmp_path}"])
     assert "chartreuse" in p.stdout and "wrote" in p.stdout
+
+
+# -----------------------------------------------------------------------------
+# eval.py: the scorecard measures what it claims
+
+N = 132   # one pass over the 132 training captions
+
+
+def run_eval(args, check=True):
+    p = subprocess.run([PY, "eval.py"] + args, cwd=HERE, capture_output=True, text=True, env=ENV, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    """(evaluator dict, path): the shipped one, or one trained here and saved with its measured gates."""
+    path = os.path.join(HERE, "ckpt", "evaluator.pt")
+    if os.path.exists(path):
+        return E.load_evaluator(path), path
+    ev = E.train_evaluator(steps=300)
+    ev["gates"] = E.gate_accuracies(ev, n=256)
+    path = str(tmp_path_factory.mktemp("ev") / "evaluator.pt")
+    M.save_checkpoint(dict(kind="evaluator", frame=ev["frame"].state_dict(), clip=ev["clip"].state_dict(),
+                           size=ev["size"], frames=ev["frames"], gates=ev["gates"]), path)
+    return ev, path
+
+
+@pytest.fixture(scope="module")
+def world(evaluator):
+    """The fixed prompts with 3 real sets: 0 = FD reference, 1 = ceiling (and its anchors), 2 = a fresh real set."""
+    ev = evaluator[0]
+    prompts = E.prompt_grid(N, reps=3)
+    return dict(prompts=prompts, ref=E.reference(ev, prompts), real2=E.real_videos(prompts, 32, 8, which=2),
+                real1=E.real_videos(prompts, 32, 8, which=1))
+
+
+def card(evaluator, world, videos):
+    return E.scorecard(E.score_videos(evaluator[0], videos, world["prompts"]), world["ref"], boot_fd=5)
+
+
+def tiny_checkpoint(path, causal=True, size=32, frames=8):
+    """A random (untrained) small DiT saved like distill.py / teacher.py save theirs."""
+    tok_bytes = data.train_tokenizer(data.all_captions())
+    tok = data.Tokenizer(tok_bytes)
+    torch.manual_seed(0)
+    mc = M.ModelConfig(size=size, frames=frames, patch=8, dim=32, depth=1, heads=2, vocab=tok.vocab_size,
+                       text_len=tok.max_len, causal=causal)
+    net = M.DiT(mc)
+    for p in net.parameters():   # randomise the zero-initialised adaLN layers so the output depends on the input
+        if p.abs().sum() == 0:
+            p.data.normal_(0, 0.1)
+    M.save_checkpoint(dict(kind="student" if causal else "teacher", ema=net.state_dict(), model_cfg=asdict(mc),
+                           train_cfg=dict(n_steps=4), tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)), path)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+def test_frechet_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(4000, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # independent route: tr sqrt(Sa Sb) from the (real, non-negative) eigenvalues of the non-symmetric product
+    tr = np.sqrt(np.linalg.eigvals(sa @ sb).real.clip(0)).sum()
+    expect = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr
+    assert abs(E.frechet(a, b) - expect) < 1e-6 * max(1, expect)
+    assert abs(E.frechet(a, a)) < 1e-6 and abs(E.frechet(a, a + 2.0) - 4.0 * 6) < 1e-6
+
+
+def test_prompt_grid_is_fixed_balanced_and_matches_the_world():
+    p = E.prompt_grid(264)
+    assert p == E.prompt_grid(264)                                          # same prompts for every model
+    caps = [x["caption"] for x in p]
+    assert len(set(caps)) == 132 and all(caps.count(c) == 2 for c in caps)
+    for key, names in (("colour", E.COLOURS), ("shape", E.SHAPES)):
+        counts = [sum(x[key] == n for x in p) for n in names]
+        assert max(counts) == min(counts)
+    assert len({x["noise"] for x in p}) == 264
+    cfg = data.WorldConfig(size=32, frames=2, p_two=0)
+    for x in p[:20]:
+        for seed in x["world"]:
+            assert data.make_clip(seed, cfg, "train")[1] == x["caption"]
+    held = E.prompt_grid(12, "heldout")
+    assert {(x["colour"], x["shape"], x["direction"]) for x in held} == data.HELD_OUT
+    assert not {(x["colour"], x["shape"], x["direction"]) for x in p} & data.HELD_OUT
+
+
+def test_tracker_follows_real_objects():
+    x, y = E.world_batch([3, 1], 128, 32, 8)
+    _, centres, _ = E.track(x)
+    assert (centres - y["centres"]).norm(dim=-1).mean() < 0.6
+    assert (E.tracker_direction(centres) == y["direction"]).float().mean() > 0.95
+    frozen = E.tracker_direction(E.track(E.degrade(x, "freeze"))[1])
+    assert (frozen == y["direction"]).float().mean() < 0.5
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=500)
+    d, lo, hi, p = E.paired_bootstrap(a, a + 0.1 + 0.05 * rng.normal(size=500))
+    assert lo < 0.1 < hi and lo > 0 and p < 0.01 and abs(d - 0.1) < 0.01
+    _, lo, hi, p = E.paired_bootstrap(a, a + 0.05 * rng.normal(size=500))
+    assert lo < 0 < hi and p > 0.05
+    with pytest.raises(ValueError):
+        E.paired_bootstrap(a, a[:10])
+
+
+def test_step_similarity_matrices(tmp_path):
+    ck = M.load_checkpoint(tiny_checkpoint(str(tmp_path / "s.pt"), size=16, frames=4))
+    blocks, frames = E.step_similarity(ck, E.prompt_grid(3))
+    assert blocks.shape == (2, 4, 4) and frames.shape == (4, 4, 4)
+    for m in list(blocks) + list(frames):
+        assert np.allclose(m, m.T) and np.allclose(np.diag(m), 1) and (m <= 1 + 1e-9).all()
+        assert m[0, 3] < 0.999                                                 # x0 moves along the chain
+
+
+def test_sampling_is_fixed_per_prompt_and_seed(tmp_path):
+    ck = M.load_checkpoint(tiny_checkpoint(str(tmp_path / "s.pt"), size=16, frames=4))
+    p = E.prompt_grid(4)
+    a, label = E.sample_checkpoint(ck, p, steps=1, ffe=False, batch=4)
+    b, _ = E.sample_checkpoint(ck, p, steps=1, ffe=False, batch=1)           # no re-noising: batch-independent
+    assert label == "1" and a.shape == (4, 4, 3, 16, 16) and torch.allclose(a, b, atol=1e-5)
+    c, label = E.sample_checkpoint(ck, p, steps=1, ffe=True, batch=4)
+    assert label == "1*" and torch.equal(c, E.sample_checkpoint(ck, p, steps=1, ffe=True, batch=4)[0])
+    with pytest.raises(ValueError):
+        E.sample_checkpoint(ck, p, steps=5)
+    t = M.load_checkpoint(tiny_checkpoint(str(tmp_path / "t.pt"), causal=False, size=16, frames=4))
+    v, label = E.sample_checkpoint(t, p[:2], steps=2)
+    assert label == "teacher2" and v.shape == (2, 4, 3, 16, 16)
+
+
+# -----------------------------------------------------------------------------
+# the metrics react to what they claim to measure, and real data scores 1
+
+def test_evaluator_passes_its_gates(evaluator):
+    gates = E.gate_accuracies(evaluator[0], n=256, seed=7)
+    if evaluator[1].startswith(HERE):   # the shipped evaluator must pass on a fresh seed too
+        assert all(gates[k] >= g - 0.01 for k, g in E.GATES.items()), gates
+
+
+def test_fvd_synth_sees_time(evaluator, world):
+    fv = card(evaluator, world, world["real2"])["fvd_synth"]
+    floor = max(fv["fd"], fv["floor"])
+    for kind in ("shuffle", "freeze"):
+        bad = card(evaluator, world, E.degrade(world["real2"], kind))
+        assert bad["fvd_synth"]["fd"] > 10 * floor, (kind, bad["fvd_synth"], floor)
+        # the per-frame FD is content-only: it barely moves under shuffling (frame t of a shuffled set is
+        # still a real frame), so the clip net, not the frame net, supplies the temporal sensitivity
+        if kind == "shuffle":
+            assert np.mean(bad["curves"]["fd_frame"]) < 3 * np.mean(bad["curves"]["fd_frame_real"]) + 1
+
+
+def test_recolouring_30_percent_drops_colour_accuracy(evaluator, world):
+    clean = card(evaluator, world, world["real2"])["dimensions"]
+    v = world["real2"].clone()
+    idx = torch.arange(0, N, 3)[: int(0.3 * N)]
+    v[idx] = E.degrade(v[idx], "recolour")
+    bad = card(evaluator, world, v)["dimensions"]
+    assert clean["colour"]["raw"] - bad["colour"]["raw"] > 0.25
+    assert abs(clean["shape"]["raw"] - bad["shape"]["raw"]) < 0.05
+    assert clean["joint"]["raw"] - bad["joint"]["raw"] > 0.2
+
+
+def test_noise_lowers_cleanliness_and_flicker(evaluator, world):
+    clean = card(evaluator, world, world["real2"])["dimensions"]
+    noisy = world["real2"] + 0.1 * torch.randn(world["real2"].shape, generator=torch.Generator().manual_seed(0))
+    bad = card(evaluator, world, noisy.clamp(-1, 1))
+    d = bad["dimensions"]
+    for k in ("cleanliness", "background_flicker"):
+        assert d[k]["norm"] < clean[k]["norm"] - 0.2, (k, d[k], clean[k])
+    assert bad["late_early"]["noise"] < 1.5                   # i.i.d. noise does not grow with t
+    clean_noise = np.mean(card(evaluator, world, world["real2"])["curves"]["noise"])
+    assert np.mean(bad["curves"]["noise"]) > 3 * clean_noise + 0.01
+
+
+def test_pure_noise_scores_below_the_anchors(evaluator, world):
+    g = torch.Generator().manual_seed(0)
+    s = card(evaluator, world, torch.rand(world["real2"].shape, generator=g) * 2 - 1)   # no object, no background
+    d = s["dimensions"]
+    for k in ("background_consistency", "background_flicker", "dynamic_degree"):
+        assert d[k]["norm"] < 0.5, (k, d[k])
+    assert s["total"] < 0.3 and s["semantic"] < 0.2 and s["fvd_synth"]["fd"] > 100 * s["fvd_synth"]["floor"]
+
+
+def test_drift_shows_in_the_per_frame_curves(evaluator, world):
+    t = torch.linspace(0, 1, 8)[None, :, None, None, None]
+    drift = (world["real2"] * (1 - 0.5 * t) + 0.5 * t).clamp(-1, 1)     # washes out toward white over time
+    s = card(evaluator, world, drift)
+    assert s["late_early"]["colour_err"] > 5 and s["late_early"]["fd_frame"] > 5, s["late_early"]
+
+
+def test_real_data_scores_near_one(evaluator, world):
+    s = card(evaluator, world, world["real2"])
+    for d, r in s["dimensions"].items():
+        assert 0.9 < r["norm"] < 1.1, (d, r)
+        assert abs(r["real"] - r["anchor"]) > 0.02, (d, r)          # the anchor is really degraded
+    assert abs(s["total"] - 1) < 0.05 and abs(s["quality"] - 1) < 0.05
+    frozen = card(evaluator, world, E.degrade(world["real2"], "freeze"))["dimensions"]
+    assert frozen["dynamic_degree"]["norm"] < 0.1 and frozen["direction"]["norm"] < 0.4
+
+
+# -----------------------------------------------------------------------------
+# the CLI
+
+def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
+    if not all(evaluator[0]["gates"][k] >= g for k, g in E.GATES.items()):
+        pytest.skip("the fallback evaluator trained here did not pass its gates")
+    ck = tiny_checkpoint(str(tmp_path / "student.pt"))
+    common = [f"--ckpt={ck}", "--n=24", "--n_heldout=12", "--sim_n=4", "--boot_fd=3", f"--out={tmp_path}",
+              f"--evaluator={evaluator[1]}", "--threads=1"]
+    p = run_eval(common + ["--steps=1"])
+    for text in ("TOTAL", "FVD-synth", "late/early", "held-out", "x0 cos-sim block 3", "time:"):
+        assert text in p.stdout, p.stdout
+    r = json.load(open(tmp_path / "student_1star.json"))
+    assert r["label"] == "1*" and len(r["scores"]["per_video"]["total"]) == 24
+    assert np.array(r["similarity"]["blocks"]).shape == (4, 4, 4)
+    run_eval(common + ["--steps=2", "--ffe=false"])
+    p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'student_2.json'}"])
+    assert "95% CI" in p.stdout and "total" in p.stdout
+
+
+def test_cli_refuses_with_one_line_errors(tmp_path, evaluator):
+    ck = tiny_checkpoint(str(tmp_path / "student.pt"))
+    small = tiny_checkpoint(str(tmp_path / "small.pt"), size=16, frames=4)
+    failed = torch.load(evaluator[1], weights_only=True)
+    failed["gates"] = {**failed["gates"], "frame_shape": 0.5}
+    torch.save(failed, tmp_path / "failed.pt")
+    for args, message in (([f"--ckpt={ck}", f"--evaluator={tmp_path / 'none.pt'}"], "python eval.py --train=true"),
+                          ([f"--ckpt={ck}", f"--evaluator={tmp_path / 'failed.pt'}"], "failed its accuracy gates"),
+                          ([f"--ckpt={small}", f"--evaluator={evaluator[1]}"], "--size=16 --frames=4"),
+                          (["--compare=a.json"], "two existing result JSONs"),
+                          (["--bogus=1"], "unknown option --bogus")):
+        p = run_eval(args, check=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_cli_train_saves_and_refuses_an_evaluator_that_fails_its_gates(tmp_path):
+    path = tmp_path / "ev.pt"
+    p = run_eval(["--train=true", "--train_steps=2", f"--evaluator={path}", "--threads=1"], check=False)
+    assert p.returncode != 0 and "failed its gates" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert path.exists() and os.path.getsize(path) < 4e6
+    with pytest.raises(ValueError, match="failed its accuracy gates"):
+        E.load_evaluator(str(path))

@@ -1,0 +1,677 @@
+"""
+Eval: the scorecard. A VBench-shaped table of quality and semantic dimensions measured against the
+procedural world's ground truth, FVD-synth, per-frame error curves and the step-to-step x0 similarity.
+
+    python eval.py --train=true                                 # train + gate the evaluator nets -> ckpt/evaluator.pt
+    python eval.py --ckpt=ckpt/asd_tiny.pt --steps=1            # a student, 1* steps (FFE), on the fixed prompts
+    python eval.py --ckpt=ckpt/asd_tiny.pt --steps=2 --ffe=false
+    python eval.py --ckpt=ckpt/teacher_tiny.pt --steps=32       # the teacher: Euler steps with CFG 3
+    python eval.py --compare=out/eval/dmd_1star.json,out/eval/asd_1star.json   # paired-bootstrap CIs of b - a
+
+Design and prototype numbers: research/evaluation.md (section 4). Every model is sampled on the same
+prompts and noise seeds: a balanced single-object grid (colour x shape x direction x background, the
+held-out triples apart) cycled to --n videos. Each dimension is normalised VBench-style, with real
+clips from data.py = 1 and one fixed degraded anchor = 0 (ANCHOR below); Total = (4 Quality + Semantic) / 5.
+These are our own numbers on our own world: never call them VBench scores or compare them with published FVD.
+Evaluation runs on the CPU; only sampling uses --device.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import model as M
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = ""                  # student (causal) or teacher checkpoint to score
+    steps: int = 1                  # denoising steps per block (student) or Euler steps (teacher)
+    ffe: bool = True                # student: First-Frame Enhancement, block 0 gets first_steps
+    first_steps: int = 4            # student: steps of the first block with FFE
+    cfg: float = 3.0                # teacher: classifier-free guidance scale
+    n: int = 264                    # videos per model; 264 = twice the 132 training captions (balanced)
+    n_heldout: int = 48             # videos on the held-out colour x shape x direction triples
+    sim_n: int = 32                 # student: prompts for the step-to-step x0 similarity matrices
+    seed: int = 0                   # prompts, world and noise seed: keep it fixed across models
+    batch: int = 64                 # videos per sampling call (fixed: the re-noising draws depend on it)
+    boot: int = 1000                # bootstrap resamples of the paired CIs
+    boot_fd: int = 20               # bootstrap resamples of the FVD-synth SD
+    evaluator: str = "ckpt/evaluator.pt"   # the evaluator nets (made by --train=true)
+    out: str = "out/eval"           # folder of the JSON results
+    name: str = ""                  # JSON name; empty = checkpoint name + step label
+    compare: str = ""               # a.json,b.json: print paired-bootstrap CIs of b - a and exit
+    table: str = ""                 # a.json,b.json,...: print the README's markdown results table and exit
+    train: bool = False             # train and gate the evaluator nets, save them to --evaluator
+    train_steps: int = 800          # --train: optimizer steps, fresh clips every step
+    size: int = 32                  # --train: frame size the evaluator learns (must match the model's)
+    frames: int = 8                 # --train: frames per clip (must match the model's)
+    device: str = "auto"            # sampling device: auto | cpu | cuda | mps
+    threads: int = 0                # CPU threads (0 = torch default)
+
+
+# VBench's layout (research/evaluation.md 1.3, 4.6): quality weights (dynamic degree counts half),
+# the anchor that defines 0 for each quality dimension, and chance level as 0 for the semantic ones.
+QUALITY = {"subject_consistency": 1.0, "background_consistency": 1.0, "background_flicker": 1.0,
+           "smoothness": 1.0, "dynamic_degree": 0.5, "colour_fidelity": 1.0, "cleanliness": 1.0}
+ANCHOR = {"subject_consistency": "mix", "background_consistency": "mix", "background_flicker": "noise",
+          "smoothness": "shuffle", "dynamic_degree": "freeze", "colour_fidelity": "washout", "cleanliness": "noise"}
+CHANCE = {"shape": 1 / 3, "colour": 1 / 6, "direction": 1 / 4, "joint": 1 / 72}
+SEMANTIC = list(CHANCE)
+# accuracy gates on fresh real clips before an evaluator may score (the clip net's shape head is only
+# reported: the shape dimension is scored by the frame net)
+GATES = {"frame_shape": 0.95, "frame_colour": 0.98, "clip_colour": 0.98, "clip_direction": 0.98}
+COLOURS, SHAPES, DIRECTIONS = list(data.COLOURS), data.SHAPES, list(data.DIRECTIONS)
+
+
+# -----------------------------------------------------------------------------
+# the fixed prompts: the same captions, world clips and noise seeds for every model
+
+def prompt_grid(n, split="train", seed=0, reps=2):
+    """n single-object prompts cycling through a fixed shuffle of the caption grid (exactly balanced
+    when n is a multiple of it: 132 training captions, 12 held-out). Each prompt carries `reps` world
+    seeds whose clip has exactly its caption (real set 0 = the FD reference, 1 = the ceiling)."""
+    keep = lambda c, s, d: ((c, s, d) in data.HELD_OUT) == (split == "heldout")
+    combos = [(c, s, d, b) for c in COLOURS for s in SHAPES for d in DIRECTIONS for b in data.BACKGROUNDS
+              if keep(c, s, d)]
+    order = np.random.default_rng(seed).permutation(len(combos))
+    need = reps * -(-n // len(combos))
+    found, j = {k: [] for k in combos}, 0
+    while min(map(len, found.values())) < need:   # the factors are drawn before any pixel, so frames=1 is cheap
+        seed_j = [seed, 11, j]
+        _, caption, f, _ = data.make_clip(seed_j, data.WorldConfig(frames=1, p_two=0), split)
+        key = (f["colours"][0], f["shapes"][0], f["directions"][0], f["background"])
+        if len(found[key]) < need:
+            found[key].append((seed_j, caption))
+        j += 1
+    out = []
+    for i in range(n):
+        key, r = combos[order[i % len(combos)]], i // len(combos)
+        seeds = found[key][r * reps:(r + 1) * reps]
+        noise = int(np.random.SeedSequence([seed, 12, i, split == "heldout"]).generate_state(1)[0])
+        out.append(dict(caption=seeds[0][1], colour=key[0], shape=key[1], direction=key[2], background=key[3],
+                        world=[s for s, _ in seeds], noise=noise, split=split))
+    return out
+
+
+def real_videos(prompts, size, frames, which=0):
+    """The world's clips for the prompts (N, F, 3, H, W): which=0 the FD reference, 1 the ceiling."""
+    cfg = data.WorldConfig(size=size, frames=frames, p_two=0)
+    return torch.from_numpy(np.stack([data.make_clip(p["world"][which], cfg, p["split"])[0] for p in prompts]))
+
+
+# -----------------------------------------------------------------------------
+# sampling a checkpoint (the logic of sample.py) and the step-to-step x0 similarity (paper Fig. 2)
+
+def build_sampler(ck, device="cpu"):
+    """(net, tokenizer, n_max) from a checkpoint dict: EMA weights; n_max = the student's trained steps."""
+    net = M.build_model(ck).to(device).eval()
+    tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=net.cfg.text_len)
+    return net, tok, ck.get("train_cfg", {}).get("n_steps", 4)
+
+
+def noise_for(prompts, mc):
+    """Each video's noise from its own seed: a video never depends on the batch it is sampled in."""
+    shape = (mc.frames, mc.channels, mc.size, mc.size)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p["noise"])) for p in prompts])
+
+
+@torch.no_grad()
+def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu"):
+    """Sample a student (steps per block, FFE: block 0 gets first_steps) or a teacher (Euler steps, CFG)
+    on the prompts. Returns (videos (N, F, C, H, W) on the CPU, label such as '1*', '2', 'teacher32')."""
+    net, tok, n_max = build_sampler(ck, device)
+    mc, out = net.cfg, []
+    ffe_n = first_steps if mc.causal and ffe and first_steps > steps else 0
+    if mc.causal and max(steps, ffe_n) > n_max:
+        raise ValueError(f"this student was trained for at most {n_max} steps per block")
+    sigmas = M.few_step_sigmas(n_max, mc.shift)
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        noise, ids = noise_for(chunk, mc).to(device), tok.encode([p["caption"] for p in chunk]).to(device)
+        if mc.causal:
+            g = torch.Generator().manual_seed(chunk[0]["noise"])        # re-noising draws of the FFE chain
+            sched = M.block_schedules(mc.frames // mc.frames_per_block, steps, ffe_n, sigmas)
+            out.append(M.rollout(net, noise, ids, sched, generator=g).cpu())
+        else:
+            empty = net.encode_text(tok.encode([""] * len(chunk)).to(device))
+            out.append(M.euler_sample(net, noise, net.encode_text(ids), empty, steps, cfg_scale)[0].cpu())
+    label = (f"{steps}*" if ffe_n else f"{steps}") if mc.causal else f"teacher{steps}"
+    return torch.cat(out).float().clamp(-1, 1), label
+
+
+def cosine_matrix(z):
+    """z (..., K, D) -> (..., K, K) cosine similarity between the K rows."""
+    z = F.normalize(z.double(), dim=-1)
+    return z @ z.transpose(-1, -2)
+
+
+@torch.no_grad()
+def step_similarity(ck, prompts, device="cpu"):
+    """The paper's Figure 2: every block denoised through the full n_max-step chain; the cosine similarity
+    of the flattened x0 predictions after step j and step k, averaged over prompts. Returns
+    (per block (n_blocks, K, K), per frame (F, K, K)) as numpy arrays."""
+    net, tok, n_max = build_sampler(ck, device)
+    mc = net.cfg
+    sched = M.block_schedules(mc.frames // mc.frames_per_block, n_max, 0, M.few_step_sigmas(n_max, mc.shift))
+    noise, ids = noise_for(prompts, mc).to(device), tok.encode([p["caption"] for p in prompts]).to(device)
+    g = torch.Generator().manual_seed(prompts[0]["noise"])
+    _, steps = M.rollout(net, noise, ids, sched, generator=g, trace=True)
+    x = torch.stack([torch.stack(s, 1) for s in steps], 1).cpu()        # (B, blocks, K, fpb, C, H, W)
+    blocks = cosine_matrix(x.flatten(3)).mean(0)                          # (blocks, K, K)
+    frames = cosine_matrix(x.transpose(2, 3).flatten(4)).mean(0).flatten(0, 1)   # (blocks*fpb = F, K, K)
+    return blocks.numpy(), frames.numpy()
+
+
+# -----------------------------------------------------------------------------
+# evaluator nets: trained on the world's labels only (never on model samples, never a discriminator)
+
+CROP = 24   # FrameNet's object-centred crop (px): the largest object (a radius-7 triangle) plus a margin
+
+
+def with_coords(x):
+    """Append x, y coordinate channels in [-1, 1] to (B, C, ..., H, W): position (and so the walls a
+    bouncing object turns at) survives the global pooling."""
+    H, W = x.shape[-2:]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
+    grid = torch.stack([xx, yy]).view(1, 2, *([1] * (x.dim() - 4)), H, W)
+    return torch.cat([x, grid.expand(x.shape[0], 2, *x.shape[2:-2], H, W)], dim=1)
+
+
+def crops(frames, centres):
+    """CROP x CROP windows (B, C, CROP, CROP) of frames (B, C, H, W) around tracked centres (B, 2), edges
+    replicated. Taking the translation out makes shape a small problem: on whole 32 px frames the
+    prototype's nets stalled near 0.7 shape accuracy (evaluation.md 5.7, and ours did the same)."""
+    H, W = frames.shape[-2:]
+    off = torch.arange(CROP) - CROP // 2
+    rows = (centres[:, 1].floor().long()[:, None] + off).clamp(0, H - 1)        # (B, CROP)
+    cols = (centres[:, 0].floor().long()[:, None] + off).clamp(0, W - 1)
+    b = torch.arange(len(frames))[:, None, None]
+    return frames.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def frame_net():
+    """2-D per-frame net on the object crop: 64-d embedding, heads for shape, colour and the offset of
+    the object's true centre from the tracked one (position = tracker + offset)."""
+    conv = lambda i, o, s: [nn.Conv2d(i, o, 3, s, 1), nn.BatchNorm2d(o), nn.GELU()]   # BN: trains in minutes
+    trunk = nn.Sequential(*conv(5, 16, 1), *conv(16, 32, 2), *conv(32, 64, 2), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(64, 64), nn.GELU())
+    return nn.ModuleDict(dict(trunk=trunk, shape=nn.Linear(64, 3), colour=nn.Linear(64, 6), pos=nn.Linear(64, 2)))
+
+
+def clip_net(frames):
+    """3-D clip net (evaluation.md's ClipNet-lite) on whole clips: 128-d features (FVD-synth), heads for
+    shape, colour, direction, speed, and each frame's object centre. Pooling is spatial only and the
+    per-frame centre head forces every time slice to know where the object is: direction (the first
+    motion of a clip that may bounce) is then a readout of the frame order, learnt in minutes."""
+    conv = lambda i, o, kt: [nn.Conv3d(i, o, (kt, 3, 3), (1, 2, 2), (kt // 2, 1, 1)), nn.BatchNorm3d(o),
+                             nn.GELU()]
+    body = nn.Sequential(*conv(5, 16, 1), *conv(16, 32, 3), *conv(32, 64, 3), nn.AdaptiveAvgPool3d((None, 1, 1)))
+    return nn.ModuleDict(dict(body=body, fc=nn.Sequential(nn.Linear(64 * frames, 128), nn.GELU()),
+                              shape=nn.Linear(128, 3), colour=nn.Linear(128, 6), direction=nn.Linear(128, 4),
+                              speed=nn.Linear(128, 1), track=nn.Linear(64, 2)))
+
+
+def clip_forward(net, videos):
+    """(N, F, C, H, W) -> (128-d clip features (N, 128), per-frame features (N, F, 64))."""
+    h = net["body"](with_coords(videos.transpose(1, 2))).flatten(2).transpose(1, 2)   # (N, F, 64)
+    return net["fc"](h.flatten(1)), h
+
+
+def world_batch(seed, n, size, frames):
+    """n fresh single-object clips of every caption (held-out triples included) and their labels."""
+    cfg = data.WorldConfig(size=size, frames=frames, p_two=0)
+    clips = [data.make_clip(list(seed) + [i], cfg, "all") for i in range(n)]
+    centres = torch.from_numpy(np.stack([c[3][:, 0] for c in clips]))              # (n, F, 2) pixels
+    label = lambda names, key: torch.tensor([names.index(c[2][key][0]) for c in clips])
+    return torch.from_numpy(np.stack([c[0] for c in clips])), dict(
+        shape=label(SHAPES, "shapes"), colour=label(COLOURS, "colours"),
+        direction=label(DIRECTIONS, "directions"), speed=centres.diff(dim=1).norm(dim=-1).median(1).values,
+        centres=centres)
+
+
+def frame_outputs(ev, videos, centres, chunk=1024):
+    """videos (N, F, C, H, W), tracked centres (N, F, 2) -> embedding (N, F, 64), shape logits (N, F, 3),
+    colour logits (N, F, 6), position (N, F, 2) pixels."""
+    x, c, outs = videos.flatten(0, 1), centres.flatten(0, 1), []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            h = ev["frame"]["trunk"](with_coords(crops(x[i:i + chunk], c[i:i + chunk])))
+            pos = c[i:i + chunk] + ev["frame"]["pos"](h)
+            outs.append((h, ev["frame"]["shape"](h), ev["frame"]["colour"](h), pos))
+    return [torch.cat(o).unflatten(0, videos.shape[:2]) for o in zip(*outs)]
+
+
+def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=False):
+    """Train both nets jointly on fresh clips every step (a fixed set overfits: evaluation.md 5.7), with
+    light pixel noise so slightly noisy samples stay in distribution. Returns the evaluator dict."""
+    torch.manual_seed(seed)
+    fnet, cnet = frame_net(), clip_net(frames)
+    opt = torch.optim.AdamW(list(fnet.parameters()) + list(cnet.parameters()), lr=3e-3, weight_decay=1e-4)
+    lr_at = lambda s: min(1, (s + 1) / 50) * 0.5 * (1 + np.cos(np.pi * s / steps))   # warm-up, cosine to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ce, rows = F.cross_entropy, torch.arange(batch)[:, None]
+    for step in tqdm(range(steps), desc="evaluator", disable=not progress):
+        x, y = world_batch([seed, 5, step], batch, size, frames)
+        x = x + 0.05 * torch.rand(batch, 1, 1, 1, 1) * torch.randn_like(x)
+        _, tracked, _ = track(x)
+        k = torch.randint(0, frames, (batch, 2))                                  # 2 frames per clip for FrameNet
+        h = fnet["trunk"](with_coords(crops(x[rows, k].flatten(0, 1), tracked[rows, k].flatten(0, 1))))
+        rep = lambda t: t.repeat_interleave(2, 0)
+        offset = (y["centres"] - tracked)[rows, k].flatten(0, 1)
+        loss = ce(fnet["shape"](h), rep(y["shape"])) + ce(fnet["colour"](h), rep(y["colour"])) + \
+            F.mse_loss(fnet["pos"](h), offset)
+        z, hf = clip_forward(cnet, x)
+        loss = loss + ce(cnet["shape"](z), y["shape"]) + ce(cnet["colour"](z), y["colour"]) + \
+            ce(cnet["direction"](z), y["direction"]) + F.mse_loss(cnet["speed"](z)[:, 0], y["speed"]) + \
+            10 * F.mse_loss(cnet["track"](hf), y["centres"] / size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return dict(frame=fnet.eval(), clip=cnet.eval(), size=size, frames=frames)
+
+
+def gate_accuracies(ev, n=512, seed=0):
+    """Accuracies on fresh clips from a seed stream training never draws (the gate before use)."""
+    x, y = world_batch([seed, 9], n, ev["size"], ev["frames"])
+    _, centres, _ = track(x)
+    _, shape, colour, pos = frame_outputs(ev, x, centres)
+    with torch.no_grad():
+        z, _ = clip_forward(ev["clip"], x)
+    acc = lambda logits, target: (logits.argmax(-1) == target).float().mean().item()
+    return dict(frame_shape=acc(shape, y["shape"][:, None]), frame_colour=acc(colour, y["colour"][:, None]),
+                clip_shape=acc(ev["clip"]["shape"](z), y["shape"]),
+                clip_colour=acc(ev["clip"]["colour"](z), y["colour"]),
+                clip_direction=acc(ev["clip"]["direction"](z), y["direction"]),
+                tracker_direction=(tracker_direction(centres) == y["direction"]).float().mean().item(),
+                frame_pos_err_px=(pos - y["centres"]).norm(dim=-1).mean().item(),
+                tracker_pos_err_px=(centres - y["centres"]).norm(dim=-1).mean().item())
+
+
+def load_evaluator(path):
+    """The saved evaluator nets. FileNotFoundError (naming the command that makes them) when missing,
+    ValueError when they failed their accuracy gates."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"evaluator {path} not found; train it with: "
+                                f"python eval.py --train=true --evaluator={path}")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    failed = [f"{k} {ck['gates'][k]:.3f} < {g}" for k, g in GATES.items() if ck["gates"][k] < g]
+    if failed:
+        raise ValueError(f"evaluator {path} failed its accuracy gates ({', '.join(failed)}); "
+                         "retrain with more --train_steps")
+    fnet, cnet = frame_net(), clip_net(ck["frames"])
+    fnet.load_state_dict(ck["frame"]), cnet.load_state_dict(ck["clip"])
+    return dict(frame=fnet.eval(), clip=cnet.eval(), size=ck["size"], frames=ck["frames"], gates=ck["gates"])
+
+
+# -----------------------------------------------------------------------------
+# analytic tracker and pixel metrics (work in [0, 1] units, like VBench's 8-bit formulas / 255)
+
+def track(videos, thresh=0.25):
+    """Object mask = pixels whose colour differs from the frame's border median by more than thresh
+    (L-inf); centroid from the mask (an empty frame gives the frame centre, so a vanishing object shows
+    as a jump). Returns mask (N, F, H, W), centres (N, F, 2) in pixels (x, y), background colour (N, F, C)."""
+    u = (videos.clamp(-1, 1) + 1) / 2
+    border = torch.cat([u[..., 0, :], u[..., -1, :], u[..., 1:-1, 0], u[..., 1:-1, -1]], dim=-1)
+    bg = border.median(dim=-1).values                                              # (N, F, C)
+    mask = (u - bg[..., None, None]).abs().amax(2) > thresh                       # (N, F, H, W)
+    H, W = mask.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    area = mask.sum((-1, -2)).clamp_min(1)
+    centres = torch.stack([(mask * xx).sum((-1, -2)) / area, (mask * yy).sum((-1, -2)) / area], dim=-1)
+    centres = torch.where(mask.any(-1).any(-1)[..., None], centres, torch.tensor([W / 2, H / 2]))
+    return mask, centres, bg
+
+
+def tracker_direction(centres):
+    """Direction index (data.DIRECTIONS order) from a track: the dominant axis of motion and the sign
+    of the first step along it, since a bounce reverses every later step."""
+    step = centres.diff(dim=1)                                                    # (N, F-1, 2)
+    axis = step.abs().sum(1).argmax(-1)                                           # 0 = x, 1 = y
+    first = step[:, 0].gather(-1, axis[:, None])[:, 0]
+    return axis * 2 + (first > 0).long()                                          # left, right, up, down
+
+
+def pool(mask, r, erode=False):
+    """Dilate (or erode) boolean masks (..., H, W) by r pixels."""
+    m = mask.float().flatten(0, -3)[:, None]
+    m = -F.max_pool2d(-m, 2 * r + 1, 1, r) if erode else F.max_pool2d(m, 2 * r + 1, 1, r)
+    return m[:, 0].view(mask.shape) > 0.5
+
+
+def masked_mean(x, m, dims=(-1, -2)):
+    return (x * m).sum(dims) / m.sum(dims).clamp_min(1)
+
+
+def or_everywhere(m):
+    """Masks (..., H, W) with no pixel set become all-True: with no background found, judge the whole
+    frame (a frame full of noise must not get a perfect background score for having none)."""
+    return m | ~m.flatten(-2).any(-1)[..., None, None]
+
+
+def majority_ok(logits, target):
+    """Per video: 1 where the most frequent per-frame prediction (logits (N, F, K)) equals target (N,)."""
+    return (logits.argmax(-1).mode(dim=1).values == target).float()
+
+
+# -----------------------------------------------------------------------------
+# per-video scores: every dimension, one number per video (and per frame where it has a curve)
+
+def score_videos(ev, videos, prompts):
+    """Scores of videos (N, F, C, H, W) against their prompts: per-video dimensions (dict of (N,)),
+    per-frame curves (dict of (N, F)), clip features (N, 128), frame embeddings (N, F, 64)."""
+    N, T, C, H, W = videos.shape
+    u = (videos.clamp(-1, 1) + 1) / 2
+    mask, centres, bg = track(videos)
+    emb, shape_logits, colour_logits, _ = frame_outputs(ev, videos, centres)
+    with torch.no_grad():
+        z, _ = clip_forward(ev["clip"], videos)
+    idx = lambda names, key: torch.tensor([names.index(p[key]) for p in prompts])
+    shape, colour, direction = idx(SHAPES, "shape"), idx(COLOURS, "colour"), idx(DIRECTIONS, "direction")
+    # subject consistency: VBench's formula on the frame embeddings, mean_t>=1 of (cos to t-1 + cos to 0) / 2
+    e = F.normalize(emb, dim=-1)
+    cos_prev, cos_first = (e[:, 1:] * e[:, :-1]).sum(-1), (e[:, 1:] * e[:, :1]).sum(-1)
+    subject = ((cos_prev.clamp_min(0) + cos_first.clamp_min(0)) / 2).mean(1)
+    # background = pixels more than 2 px from the object in both frames compared
+    back = ~pool(mask, 2)
+    diff = (u[:, 1:] - u[:, :-1]).abs().mean(2)                                  # (N, F-1, H, W)
+    flicker = 1 - masked_mean(diff, or_everywhere(back[:, 1:] & back[:, :-1])).mean(1)
+    from_first = (u[:, 1:] - u[:, :1]).abs().mean(2)
+    bg_consistency = 1 - masked_mean(from_first, or_everywhere(back[:, 1:] & back[:, :1])).mean(1)
+    # kinematics from the tracker: acceleration, and VBench's dynamic rule with a step threshold of half
+    # the world's slowest speed in at least round(4 F / 16) frame pairs
+    step = centres.diff(dim=1).norm(dim=-1)                                      # (N, F-1)
+    accel = centres.diff(dim=1).diff(dim=1).norm(dim=-1).mean(1)
+    dynamic = ((step > 0.5 * data.WorldConfig.speed[0]).sum(1) >= max(1, round(4 * T / 16))).float()
+    track_dir = (tracker_direction(centres) == direction).float()
+    # colour / exposure fidelity: the object's core colour vs its caption colour, plus the background
+    # level vs the caption's background (catches the over-exposure drift of long rollouts)
+    core = pool(mask, 1, erode=True)
+    core = torch.where(core.any(-1).any(-1)[..., None, None], core, mask)
+    obj = masked_mean(u, core[:, :, None])                                       # (N, F, C)
+    canon = torch.tensor([data.COLOURS[p["colour"]] for p in prompts])[:, None]
+    level = torch.tensor([data.BACKGROUNDS[p["background"]] for p in prompts])[:, None, None]
+    colour_err = (obj - canon).abs().mean(-1) + (bg - level).abs().mean(-1)
+    colour_err = torch.where(mask.any(-1).any(-1), colour_err, torch.ones(()))  # no object: the worst score
+    # cleanliness: edge sharpness (99th-percentile neighbour difference) minus flat-region noise (median
+    # |Laplacian| on the background), both relative to the object-background contrast and capped at 1,
+    # so one broken frame cannot outweigh the other dimensions
+    contrast = (obj - bg).abs().amax(-1).clamp_min(0.1)                          # (N, F)
+    corner = u[..., :-1, :-1]
+    grad = torch.maximum((u[..., 1:, :-1] - corner).abs(), (u[..., :-1, 1:] - corner).abs()).amax(2)
+    sharp = grad.flatten(2).quantile(0.99, dim=-1) / contrast
+    lap = F.conv2d(u.flatten(0, 2)[:, None], torch.tensor([[[[0., 1, 0], [1, -4, 1], [0, 1, 0]]]]))
+    lap = lap.view(N, T, C, H - 2, W - 2).abs().amax(2)
+    noise = torch.where(or_everywhere(back[..., 1:-1, 1:-1]), lap, torch.nan).flatten(2).nanmedian(-1).values
+    shape_ok = (shape_logits.argmax(-1) == shape[:, None]).float()              # (N, F)
+    colour_ok = (colour_logits.argmax(-1) == colour[:, None]).float()
+    # joint caption accuracy: the video's majority shape and colour and its tracked direction all right
+    joint = majority_ok(shape_logits, shape) * majority_ok(colour_logits, colour) * track_dir
+    video = dict(subject_consistency=subject, background_consistency=bg_consistency, background_flicker=flicker,
+                 smoothness=accel, dynamic_degree=dynamic, colour_fidelity=colour_err.mean(1),
+                 cleanliness=(sharp.clamp(max=1) - (noise / contrast).clamp(max=1)).mean(1),
+                 shape=shape_ok.mean(1), colour=colour_ok.mean(1),
+                 direction=track_dir, joint=joint,
+                 clip_direction=(ev["clip"]["direction"](z).argmax(-1) == direction).float())
+    # curves over t: drift = cos(e_0, e_t) (VBench issue #206's long-horizon view); step = the tracked
+    # step into frame t (frame 0 repeats the first), which falls when motion stalls
+    frame = dict(shape_acc=shape_ok, colour_acc=colour_ok, colour_err=colour_err, noise=noise,
+                 drift=(e * e[:, :1]).sum(-1), step=torch.cat([step[:, :1], step], 1))
+    return dict(video=video, frame=frame, clip_feat=z, frame_emb=emb)
+
+
+# -----------------------------------------------------------------------------
+# the scorecard: anchors, normalisation, FVD-synth, curves
+
+def degrade(videos, kind, seed=0):
+    """The fixed anchors made from real clips (N, F, C, H, W), and one corruption for the tests:
+    noise   i.i.d. per-frame Gaussian noise, sigma 0.1 on a [0, 1] scale
+    mix     frame t of video i taken from video i + t (identity and background change every frame)
+    shuffle each video's frames in a random order        freeze   the first frame repeated
+    washout over-exposed and desaturated: 0.6 x + 0.4    recolour the RGB channels rotated (a wrong colour)"""
+    g = torch.Generator().manual_seed(seed)
+    N, T = videos.shape[:2]
+    if kind == "noise":
+        return (videos + 0.2 * torch.randn(videos.shape, generator=g)).clamp(-1, 1)
+    if kind == "mix":
+        return videos[(torch.arange(N)[:, None] + torch.arange(T)) % N, torch.arange(T)]
+    if kind == "shuffle":
+        return videos[torch.arange(N)[:, None], torch.rand(N, T, generator=g).argsort(1)]
+    if kind == "freeze":
+        return videos[:, :1].expand_as(videos).clone()
+    if kind == "washout":
+        return 0.6 * videos + 0.4
+    if kind == "recolour":
+        return videos[:, :, [1, 2, 0]]
+    raise ValueError(f"unknown degradation {kind}")
+
+
+def frechet(a, b):
+    """Frechet distance between Gaussians fitted to features a (n, d) and b (m, d), in float64:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2). tr (S_a S_b)^1/2 = tr (S_a^1/2 S_b S_a^1/2)^1/2,
+    a symmetric PSD matrix, so two eigh calls replace scipy's sqrtm and its complex round-off."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root = (v * np.sqrt(w.clip(0))) @ v.T
+    tr_sqrt = np.sqrt(np.linalg.eigvalsh(root @ sb @ root).clip(0)).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
+
+
+def boot_sd(a, ref, n_boot, seed=0):
+    """SD of the FD over resamples (with replacement) of the set a, the reference held fixed."""
+    rng = np.random.default_rng(seed)
+    return float(np.std([frechet(a[rng.integers(0, len(a), len(a))], ref) for _ in range(n_boot)]))
+
+
+def reference(ev, prompts):
+    """What every model is measured against, from the world alone (identical for every model at a
+    given n): real set 0 (the FD reference), real set 1 (the ceiling, = 1) and the anchors made from
+    set 1 (= 0, one per quality dimension; chance level for the semantic ones)."""
+    a, b = (real_videos(prompts, ev["size"], ev["frames"], w) for w in (0, 1))
+    ref, real = score_videos(ev, a, prompts), score_videos(ev, b, prompts)
+    anchors = {k: score_videos(ev, degrade(b, k), prompts)["video"] for k in set(ANCHOR.values())}
+    ceil = {d: real["video"][d].mean().item() for d in list(QUALITY) + SEMANTIC}
+    floor = {**{d: anchors[ANCHOR[d]][d].mean().item() for d in QUALITY}, **CHANCE}
+    return dict(ref=ref, real=real, ceil=ceil, floor=floor)
+
+
+def late_early(curve):
+    """Mean of the last quarter of frames / mean of the first quarter (> 1: the metric grows late)."""
+    q = max(1, len(curve) // 4)
+    return float(np.mean(curve[-q:]) / max(np.mean(curve[:q]), 1e-8))
+
+
+def scorecard(s, ref, boot_fd=20, seed=0):
+    """Everything about one scored set s (from score_videos) against the reference: raw and normalised
+    dimensions, Quality / Semantic / Total, FVD-synth with its real-vs-real floor and bootstrap SDs,
+    per-frame curves with late/early ratios, and per-video normalised scores (for paired bootstrap)."""
+    ceil, floor = ref["ceil"], ref["floor"]
+    per_video = {d: ((s["video"][d] - floor[d]) / (ceil[d] - floor[d])).double() for d in ceil}
+    per_video["quality"] = sum(w * per_video[d] for d, w in QUALITY.items()) / sum(QUALITY.values())
+    per_video["semantic"] = sum(per_video[d] for d in SEMANTIC) / len(SEMANTIC)
+    per_video["total"] = (4 * per_video["quality"] + per_video["semantic"]) / 5
+    gen, a, b = s["clip_feat"].numpy(), ref["ref"]["clip_feat"].numpy(), ref["real"]["clip_feat"].numpy()
+    T = s["frame_emb"].shape[1]
+    curves = {k: v.mean(0).tolist() for k, v in s["frame"].items()}
+    curves["fd_frame"] = [frechet(s["frame_emb"][:, t], ref["ref"]["frame_emb"][:, t]) for t in range(T)]
+    curves["fd_frame_real"] = [frechet(ref["real"]["frame_emb"][:, t], ref["ref"]["frame_emb"][:, t])
+                               for t in range(T)]
+    return dict(
+        dimensions={d: dict(raw=s["video"][d].mean().item(), norm=per_video[d].mean().item(), real=ceil[d],
+                            anchor=floor[d], anchor_kind=ANCHOR.get(d, "chance")) for d in ceil},
+        quality=per_video["quality"].mean().item(), semantic=per_video["semantic"].mean().item(),
+        total=per_video["total"].mean().item(), clip_direction=s["video"]["clip_direction"].mean().item(),
+        fvd_synth=dict(fd=frechet(gen, a), boot_sd=boot_sd(gen, a, boot_fd, seed), floor=frechet(b, a),
+                       floor_boot_sd=boot_sd(b, a, boot_fd, seed), n=len(gen)),
+        curves=curves, late_early={k: late_early(curves[k]) for k in ("fd_frame", "colour_err", "noise", "colour_acc",
+                                                                      "shape_acc", "step")},
+        per_video={k: v.tolist() for k, v in {**per_video, **{f"raw_{d}": s["video"][d] for d in ceil}}.items()})
+
+
+# -----------------------------------------------------------------------------
+# comparing two models on the same prompts and seeds
+
+def paired_bootstrap(a, b, n_boot=1000, seed=0):
+    """Mean of b - a over paired per-video scores (same prompts and seeds) with a 95% percentile CI from
+    resampling the pairs, and a two-sided bootstrap p-value. Returns (diff, lo, hi, p)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same videos: {a.shape} vs {b.shape}")
+    d = b - a
+    boots = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
+    return float(d.mean()), float(lo), float(hi), float(p)
+
+
+def compare(path_a, path_b, n_boot=1000):
+    """Rows (name, mean a, mean b, diff, lo, hi, p) for every per-video score two result JSONs share."""
+    ra, rb = (json.load(open(p)) for p in (path_a, path_b))
+    if ra["prompts"] != rb["prompts"] or ra["noise_seeds"] != rb["noise_seeds"]:
+        raise ValueError(f"{path_a} and {path_b} were not scored on the same prompts and seeds "
+                         "(use the same --n and --seed)")
+    va, vb = ra["scores"]["per_video"], rb["scores"]["per_video"]
+    rows = [(k, np.mean(va[k]), np.mean(vb[k])) + paired_bootstrap(va[k], vb[k], n_boot) for k in va if k in vb]
+    return rows, ra, rb
+
+
+# -----------------------------------------------------------------------------
+# CLI: --train, --compare, or score one checkpoint
+
+def cli_compare(cfg):
+    paths = cfg.compare.split(",")
+    if len(paths) != 2 or not all(os.path.exists(p) for p in paths):
+        sys.exit(f"error: --compare needs two existing result JSONs a.json,b.json, got {cfg.compare!r}")
+    try:
+        rows, ra, rb = compare(*paths, cfg.boot)
+    except (ValueError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    print(f"b - a, paired bootstrap over {len(ra['prompts'])} videos ({cfg.boot} resamples); "
+          f"a = {ra['name']}, b = {rb['name']}")
+    print(f"{'score (normalised)':24s} {'a':>8s} {'b':>8s} {'b - a':>8s} {'95% CI':>20s} {'p':>6s}")
+    for k, ma, mb, d, lo, hi, p in rows:
+        if not k.startswith("raw_"):
+            print(f"{k:24s} {ma:8.4f} {mb:8.4f} {d:+8.4f} [{lo:+8.4f}, {hi:+8.4f}] {p:6.3f}")
+    fa, fb = ra["scores"]["fvd_synth"], rb["scores"]["fvd_synth"]
+    print(f"FVD-synth (unpaired): a {fa['fd']:.1f} +- {fa['boot_sd']:.1f} | b {fb['fd']:.1f} +- {fb['boot_sd']:.1f} | "
+          f"real-vs-real floor {fa['floor']:.1f} at N={fa['n']}")
+
+
+def cli_table(cfg):
+    """The README's results table, one row per result JSON (Total/Quality/Semantic with 95% bootstrap CIs
+    over videos, FVD-synth +- SD with its floor, late/early per-frame FD ratio, held-out joint accuracy)."""
+    print("| model | steps | Total | Quality | Semantic | FVD-synth (floor) | late/early FD | direction | held-out joint |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in cfg.table.split(","):
+        if not os.path.exists(path):
+            sys.exit(f"error: --table: no result JSON {path}")
+        r = json.load(open(path))
+        s, v, fv = r["scores"], r["scores"]["per_video"], r["scores"]["fvd_synth"]
+        ci = lambda k: f"{np.mean(v[k]):.3f} ± {1.96 * np.std(v[k]) / np.sqrt(len(v[k])):.3f}"
+        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {ci('total')} | {ci('quality')} | {ci('semantic')} | "
+              f"{fv['fd']:.1f} ± {fv['boot_sd']:.1f} ({fv['floor']:.1f}) | {s['late_early']['fd_frame']:.2f} | "
+              f"{s['dimensions']['direction']['raw']:.3f} | {r['heldout']['joint']['model']:.3f} |")
+
+
+def cli_train(cfg, argv):
+    t0 = time.perf_counter()
+    ev = train_evaluator(cfg.size, cfg.frames, cfg.train_steps, seed=cfg.seed, progress=True)
+    seconds = time.perf_counter() - t0
+    gates = gate_accuracies(ev, seed=cfg.seed)
+    print(" | ".join(f"{k} {v:.3f}" for k, v in gates.items()) + f" | trained in {seconds:.0f} s")
+    # saved either way, with its gates: load_evaluator refuses one that failed them
+    M.save_checkpoint(dict(kind="evaluator", frame=ev["frame"].state_dict(), clip=ev["clip"].state_dict(),
+                           size=cfg.size, frames=cfg.frames, gates=gates, train_seconds=seconds,
+                           command="python eval.py " + " ".join(argv)), cfg.evaluator)
+    print(f"wrote {cfg.evaluator} ({os.path.getsize(cfg.evaluator) / 1e6:.1f} MB)")
+    failed = [f"{k} {gates[k]:.3f} < {g}" for k, g in GATES.items() if gates[k] < g]
+    if failed:
+        sys.exit(f"error: the evaluator failed its gates ({', '.join(failed)}); train longer: --train_steps")
+
+
+def print_result(r, cfg):
+    s, fv = r["scores"], r["scores"]["fvd_synth"]
+    print(f"{r['name']}: {r['label']} steps, N={cfg.n} (+{cfg.n_heldout} held-out), seed {cfg.seed}")
+    print(f"{'dimension':24s} {'raw':>8s} {'real':>8s} {'anchor':>8s} {'(kind)':>9s} {'norm':>7s}")
+    for d, x in s["dimensions"].items():
+        if d == SEMANTIC[0]:
+            print(f"{'QUALITY (weighted)':60s}{s['quality']:7.3f}")
+        print(f"{d:24s} {x['raw']:8.4f} {x['real']:8.4f} {x['anchor']:8.4f} {x['anchor_kind']:>9s} {x['norm']:7.3f}")
+    print(f"{'SEMANTIC':60s}{s['semantic']:7.3f}\n{'TOTAL (4 Q + S) / 5':60s}{s['total']:7.3f}")
+    print(f"FVD-synth {fv['fd']:.1f} +- {fv['boot_sd']:.1f} (real-vs-real floor {fv['floor']:.1f} "
+          f"+- {fv['floor_boot_sd']:.1f}, N={fv['n']}) | clip-net direction accuracy {s['clip_direction']:.3f}")
+    for k in ("fd_frame", "fd_frame_real", "colour_acc", "colour_err", "noise", "step"):
+        le = f"   late/early {s['late_early'][k]:.2f}" if k in s["late_early"] else ""
+        print(f"{k + '(t)':18s}" + " ".join(f"{v:7.3f}" for v in s["curves"][k]) + le)
+    print("held-out triples: " + " | ".join(f"{d} {v['model']:.3f} (real {v['real']:.3f})"
+                                            for d, v in r["heldout"].items()))
+    for b, m in enumerate((r["similarity"] or {}).get("blocks", [])):
+        print(f"x0 cos-sim block {b}: " + " | ".join(" ".join(f"{v:.3f}" for v in row) for row in m))
+
+
+def main(argv):
+    cfg = M.parse_args(EvalConfig(), argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.compare:
+        return cli_compare(cfg)
+    if cfg.table:
+        return cli_table(cfg)
+    if cfg.train:
+        return cli_train(cfg, argv)
+    if not cfg.ckpt:
+        sys.exit("error: give --ckpt=PATH to score, --train=true to make the evaluator, or --compare=a.json,b.json")
+    t_start = time.perf_counter()
+    try:
+        ev = load_evaluator(cfg.evaluator)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    ck = M.load_checkpoint(cfg.ckpt, ("student", "teacher"))
+    mc = M.ModelConfig(**ck["model_cfg"])
+    if (mc.size, mc.frames) != (ev["size"], ev["frames"]):
+        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames, the model makes "
+                 f"{mc.size} x {mc.frames}; train one: python eval.py --train=true --size={mc.size} "
+                 f"--frames={mc.frames} --evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
+    _, _, device, _ = M.setup(cfg.device, cfg.seed)
+    prompts, heldout = prompt_grid(cfg.n, "train", cfg.seed), prompt_grid(cfg.n_heldout, "heldout", cfg.seed)
+    t, t0 = {}, time.perf_counter()
+    try:
+        args = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device)
+        videos, label = sample_checkpoint(ck, prompts, *args)
+        t["sample"] = time.perf_counter() - t0
+        videos_h, _ = sample_checkpoint(ck, heldout, *args)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    t["sample_heldout"], t0 = time.perf_counter() - t0 - t["sample"], time.perf_counter()
+    sim = step_similarity(ck, prompts[:cfg.sim_n], device) if mc.causal else None
+    t["similarity"], t0 = time.perf_counter() - t0, time.perf_counter()
+    scores = scorecard(score_videos(ev, videos, prompts), reference(ev, prompts), cfg.boot_fd, cfg.seed)
+    held, ref_h = score_videos(ev, videos_h, heldout)["video"], reference(ev, heldout)
+    t["evaluate"] = time.perf_counter() - t0
+    name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
+    result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
+                  prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
+                  heldout={d: dict(model=held[d].mean().item(), real=ref_h["ceil"][d]) for d in SEMANTIC},
+                  similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t)
+    print_result(result, cfg)
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, name + ".json")
+    with open(path, "w") as f:
+        json.dump(result, f)
+    print(f"time: sample {t['sample']:.1f} s | held-out {t['sample_heldout']:.1f} s | similarity "
+          f"{t['similarity']:.1f} s | evaluate {t['evaluate']:.1f} s | total {time.perf_counter() - t_start:.1f} s"
+          f" | wrote {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
