@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import kernels
 import model as M
 
 
@@ -64,6 +65,7 @@ class DistillConfig:
     resume: bool = False            # continue {out}/{method}.pt
     device: str = "auto"            # auto | cpu | cuda | mps
     threads: int = 0                # CPU threads (0 = torch default)
+    flex: bool = False              # block-causal attention (ODE stage) via compiled flex_attention; CUDA only for training
 
 
 PRESETS = {
@@ -423,6 +425,7 @@ def main(argv):
         sys.exit("error: --stage must be ode|sf, --method dmd|asd, --d_loss hinge|rpgan")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    kernels.USE_FLEX = cfg.flex     # kernels falls back to the SDPA reference where flex cannot run
     rank, world, device, _ = M.setup(cfg.device, cfg.seed)
     if cfg.batch % world:
         sys.exit(f"error: --batch={cfg.batch} is not divisible by {world} ranks")

@@ -5,6 +5,7 @@ Tests: every one asserts something that fails if the code is wrong. CPU only, he
 
 Scripts are run the way users run them (subprocess, `torchrun` for DDP) on the `test` model size.
 """
+import json
 import os
 import random
 import signal
