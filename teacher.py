@@ -33,6 +33,8 @@ class TrainConfig:
     model: str = "tiny"             # size preset from model.MODELS
     out: str = "out"                # output folder
     data: str = ""                  # folder of real clips; empty = the procedural world
+    speed_min: float = 1.0          # procedural world: object speed range, pixels per frame
+    speed_max: float = 1.6
     steps: int = 3000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -105,7 +107,8 @@ def main(argv):
     if cfg.batch % (micro * world):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
-    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"])
+    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
+                                 speed=(cfg.speed_min, cfg.speed_max))
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
     ck_path = os.path.join(cfg.out, "teacher.pt")
 
