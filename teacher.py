@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
-import kernels
 import model as M
 
 
