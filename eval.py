@@ -50,6 +50,9 @@ class EvalConfig:
     name: str = ""                  # JSON name; empty = checkpoint name + step label
     compare: str = ""               # a.json,b.json: print paired-bootstrap CIs of b - a and exit
     table: str = ""                 # a.json,b.json,...: print the README's markdown results table and exit
+    long: int = 0                   # student: also stream this many frames (rolling KV window); per-frame curves
+    plot: str = ""                  # a.json,b.json,...: per-frame curves + similarity matrices -> PNGs in --plot_dir
+    plot_dir: str = "assets"        # where --plot writes per_frame.png and similarity.png (needs matplotlib)
     train: bool = False             # train and gate the evaluator nets, save them to --evaluator
     train_steps: int = 800          # --train: optimizer steps, fresh clips every step
     size: int = 32                  # --train: frame size the evaluator learns (must match the model's)
@@ -118,16 +121,17 @@ def build_sampler(ck, device="cpu"):
     return net, tok, ck.get("train_cfg", {}).get("n_steps", 4)
 
 
-def noise_for(prompts, mc):
+def noise_for(prompts, mc, frames=0):
     """Each video's noise from its own seed: a video never depends on the batch it is sampled in."""
-    shape = (mc.frames, mc.channels, mc.size, mc.size)
+    shape = (frames or mc.frames, mc.channels, mc.size, mc.size)
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p["noise"])) for p in prompts])
 
 
 @torch.no_grad()
-def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu"):
+def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu", frames=0):
     """Sample a student (steps per block, FFE: block 0 gets first_steps) or a teacher (Euler steps, CFG)
-    on the prompts. Returns (videos (N, F, C, H, W) on the CPU, label such as '1*', '2', 'teacher32')."""
+    on the prompts. Returns (videos (N, F, C, H, W) on the CPU, label such as '1*', '2', 'teacher32').
+    frames > the trained length: a student streams with the rolling KV window (as sample.py does)."""
     net, tok, n_max = build_sampler(ck, device)
     mc, out = net.cfg, []
     ffe_n = first_steps if mc.causal and ffe and first_steps > steps else 0
@@ -136,11 +140,12 @@ def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3
     sigmas = M.few_step_sigmas(n_max, mc.shift)
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        noise, ids = noise_for(chunk, mc).to(device), tok.encode([p["caption"] for p in chunk]).to(device)
+        noise, ids = noise_for(chunk, mc, frames).to(device), tok.encode([p["caption"] for p in chunk]).to(device)
         if mc.causal:
             g = torch.Generator().manual_seed(chunk[0]["noise"])        # re-noising draws of the FFE chain
-            sched = M.block_schedules(mc.frames // mc.frames_per_block, steps, ffe_n, sigmas)
-            out.append(M.rollout(net, noise, ids, sched, generator=g).cpu())
+            sched = M.block_schedules(noise.shape[1] // mc.frames_per_block, steps, ffe_n, sigmas)
+            window = mc.frames - mc.frames_per_block if noise.shape[1] > mc.frames else 0
+            out.append(M.rollout(net, noise, ids, sched, generator=g, window=window).cpu())
         else:
             empty = net.encode_text(tok.encode([""] * len(chunk)).to(device))
             out.append(M.euler_sample(net, noise, net.encode_text(ids), empty, steps, cfg_scale)[0].cpu())
@@ -583,6 +588,73 @@ def cli_table(cfg):
               f"{s['dimensions']['direction']['raw']:.3f} | {r['heldout']['joint']['model']:.3f} |")
 
 
+def long_curves(ev, ck, prompts, frames, args):
+    """Per-frame curves of a rollout streamed past the trained length (rolling KV window), scored in
+    consecutive windows of the evaluator's length: FD of each frame to the real clips' frames, colour and
+    shape accuracy, flat-region noise and the tracked step (0 = a frozen video)."""
+    videos, _ = sample_checkpoint(ck, prompts, *args, frames=frames)
+    T, ref = ev["frames"], score_videos(ev, real_videos(prompts, ev["size"], ev["frames"]), prompts)
+    ref_emb = ref["frame_emb"].flatten(0, 1)
+    curves = {k: [] for k in ("fd_frame", "colour_acc", "shape_acc", "noise", "step")}
+    for w in range(0, frames - T + 1, T):
+        s = score_videos(ev, videos[:, w:w + T], prompts)
+        curves["fd_frame"] += [frechet(s["frame_emb"][:, t], ref_emb) for t in range(T)]
+        for k in list(curves)[1:]:
+            curves[k] += s["frame"][k].mean(0).tolist()
+    return curves
+
+
+def cli_plot(cfg):
+    """PNG figures from result JSONs: per-frame curves over the frame index (FD to real clips, colour
+    error, noise) for every model, and the step-to-step x0 similarity matrices (the paper's Figure 2)
+    of each student JSON, one panel per block."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("error: --plot needs matplotlib (pip install matplotlib; it is optional)")
+    rs = [json.load(open(p)) for p in cfg.plot.split(",")]
+    os.makedirs(cfg.plot_dir, exist_ok=True)
+    keys = [("fd_frame", "per-frame FD to real clips"), ("colour_err", "colour error"), ("noise", "flat-region noise")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    for ax, (k, title) in zip(axes, keys):
+        for r in (r for r in rs if not r.get("long")):
+            ax.plot(range(1, len(r["scores"]["curves"][k]) + 1), r["scores"]["curves"][k], marker=".",
+                    label=f"{r['name']} ({r['label']})")
+        if k == "fd_frame":
+            ax.plot(range(1, len(rs[0]["scores"]["curves"]["fd_frame_real"]) + 1),
+                    rs[0]["scores"]["curves"]["fd_frame_real"], "k--", label="real clips (floor)")
+        ax.set(title=title, xlabel="frame")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "per_frame.png"), dpi=110)
+    sims = [r for r in rs if r.get("similarity") and not r.get("long")]
+    if sims:
+        nb = len(sims[0]["similarity"]["blocks"])
+        fig, axes = plt.subplots(len(sims), nb, figsize=(2.6 * nb, 2.5 * len(sims)), squeeze=False)
+        for row, r in zip(axes, sims):
+            for b, ax in enumerate(row):
+                m = np.array(r["similarity"]["blocks"][b])
+                ax.imshow(m, vmin=0.6, vmax=1.0, cmap="viridis")
+                for (i, j), v in np.ndenumerate(m):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.85 else "k")
+                ax.set(title=f"{r['name']}: block {b}", xlabel="step", ylabel="step",
+                       xticks=range(len(m)), yticks=range(len(m)))
+        fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "similarity.png"), dpi=110)
+    longs = [r for r in rs if r.get("long")]
+    if longs:   # streaming past the trained length (--long): one panel per curve
+        keys = list(longs[0]["long"])
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
+        for ax, k in zip(axes, keys):
+            for r in longs:
+                ax.plot(range(1, len(r["long"][k]) + 1), r["long"][k], label=f"{r['name']} ({r['label']})")
+            ax.axvline(len(r["scores"]["curves"]["fd_frame"]) + 0.5, color="k", ls=":")
+            ax.set(title=k, xlabel="frame (dotted: trained length)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "long.png"), dpi=110)
+    print(f"wrote {cfg.plot_dir}/per_frame.png" + (" similarity.png" if sims else "") + (" long.png" if longs else ""))
+
+
 def cli_train(cfg, argv):
     t0 = time.perf_counter()
     ev = train_evaluator(cfg.size, cfg.frames, cfg.train_steps, seed=cfg.seed, progress=True)
@@ -627,6 +699,8 @@ def main(argv):
         return cli_compare(cfg)
     if cfg.table:
         return cli_table(cfg)
+    if cfg.plot:
+        return cli_plot(cfg)
     if cfg.train:
         return cli_train(cfg, argv)
     if not cfg.ckpt:
@@ -658,11 +732,18 @@ def main(argv):
     scores = scorecard(score_videos(ev, videos, prompts), reference(ev, prompts), cfg.boot_fd, cfg.seed)
     held, ref_h = score_videos(ev, videos_h, heldout)["video"], reference(ev, heldout)
     t["evaluate"] = time.perf_counter() - t0
+    if cfg.long and mc.causal:
+        if cfg.long % ev["frames"]:
+            sys.exit(f"error: --long must be a multiple of {ev['frames']} frames")
+        long = long_curves(ev, ck, prompts[:64], cfg.long, args)
+        for k, v in long.items():
+            print(f"long {k + '(t)':16s}" + " ".join(f"{x:.3f}" for x in v))
     name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
     result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
                   prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
                   heldout={d: dict(model=held[d].mean().item(), real=ref_h["ceil"][d]) for d in SEMANTIC},
-                  similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t)
+                  similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t,
+                  long=long if cfg.long and mc.causal else None)
     print_result(result, cfg)
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, name + ".json")

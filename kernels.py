@@ -106,19 +106,135 @@ def cache_attention(q, k, v, k_ctx=None, v_ctx=None):
 
 
 # -----------------------------------------------------------------------------
-# benchmark (the README quotes its output)
+# benchmark (the README quotes its output): one run, every ratio measured side by side
 
-def _bench(fn, reps=20):
-    fn()
+def _bench(fn, reps=20, warm=1):
+    for _ in range(warm):
+        fn()
     t = time.perf_counter()
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t) / reps * 1e3
 
 
-if __name__ == "__main__":
+def dit_flops(cfg, q_frames, k_frames, text_len):
+    """FLOPs (2 x multiply-adds) of one DiT forward of one video: q_frames frames of queries attending
+    to k_frames frames of keys (the attention really computed: dense masks count in full).
+    Per query token and layer: 14 D^2 (q, kv, proj, cross q, cross proj: 6 D^2; MLP 8 D^2) plus
+    2 D (k_frames N + text_len) for scores and values; per video and layer: cross kv 2 D^2 text_len,
+    adaLN 6 D^2 per frame; then patch in/out 2 P D per token, caption encoder 12 D^2 + 2 text_len D
+    per caption token, timestep MLP 2 D^2 + ada_out 2 D^2 per frame."""
+    D, N, P, L = cfg.dim, (cfg.size // cfg.patch) ** 2, cfg.channels * cfg.patch ** 2, cfg.depth
+    tq, tk = q_frames * N, k_frames * N
+    layer = tq * (14 * D * D + 2 * D * (tk + text_len)) + 2 * D * D * text_len + 6 * D * D * q_frames
+    rest = tq * 2 * P * D + text_len * (12 * D * D + 2 * text_len * D) * cfg.text_depth + 4 * D * D * q_frames
+    return 2 * (L * layer + rest)
+
+
+def rollout_flops(cfg, schedules, window=0):
+    """FLOPs of model.rollout for one video: per block, its denoising forwards and one commit pass."""
+    fpb, total, ctx = cfg.frames_per_block, 0, 0
+    for sched in schedules:
+        total += (len(sched) + 1) * dit_flops(cfg, fpb, ctx + fpb, cfg.text_len)
+        ctx = min(ctx + fpb, window) if window else ctx + fpb
+    return total
+
+
+def benchmark(ckpt, threads):
+    import model as M
+    import data
     torch.manual_seed(0)
-    B, H, L, hd, D, tpb = 8, 4, 512, 32, 128, 128          # the tiny preset's shapes
+    if threads:
+        torch.set_num_threads(threads)
+    global USE_COMPILED
+    a = torch.randn(2048, 2048)
+    peak = 2 * 2048 ** 3 / _bench(lambda: a @ a, 10) * 1e3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 | matmul peak (2048^3) {peak / 1e9:.1f} GFLOP/s")
+    row = lambda name, t, flops=None: print(f"  {name:58s} {t:9.2f} ms" + (f" | {flops / t / 1e6:6.1f} GFLOP/s = "
+                                                                       f"{flops / t * 1e3 / peak * 100:4.0f}% of peak" if flops else ""))
+    # -- 1. a teacher training step (flow matching, batch 8), eager vs torch.compile of the whole net --
+    tcfg = M.model_config("tiny")
+    net = M.DiT(tcfg)
+    x0, eps, ids = torch.randn(8, tcfg.frames, 3, 32, 32), torch.randn(8, tcfg.frames, 3, 32, 32), torch.randint(3, 30, (8, tcfg.text_len))
+    sig = torch.rand(8, 1).expand(-1, tcfg.frames)
+
+    def train_step(f):
+        v = f(M.add_noise(x0, eps, sig), sig, ids)
+        ((v - (eps - x0)) ** 2).mean().backward()
+    fl = 3 * 8 * dit_flops(tcfg, tcfg.frames, tcfg.frames, tcfg.text_len)
+    print(f"1. teacher training step, batch 8 x {tcfg.frames} frames ({fl / 1e9:.1f} GFLOP = 3 x forward)")
+    t_eager = _bench(lambda: train_step(net), 10)
+    cnet = torch.compile(net)
+    t_comp = _bench(lambda: train_step(cnet), 10, warm=5)
+    row("eager", t_eager, fl), row("torch.compile(net)", t_comp, fl)
+    print(f"  compiled / eager speed-up {t_eager / t_comp:.2f}x")
+    # -- 2. few-step sampling from the shipped student: steps, FFE, latency, compiled elementwise ops --
+    ck = M.load_checkpoint(ckpt, "student")
+    G = M.build_model(ck).eval()
+    mc, nb = G.cfg, G.cfg.frames // G.cfg.frames_per_block
+    tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=mc.text_len)
+    sig4 = M.few_step_sigmas(4, mc.shift)
+    B = 64
+    caps = [data.make_clip([0, 3, i], data.WorldConfig(frames=1))[1] for i in range(B)]
+    idsB, noise = tok.encode(caps), torch.randn(B, mc.frames, 3, mc.size, mc.size)
+    sample = lambda n, ffe, b=B, frames=mc.frames, window=0: torch.no_grad()(M.rollout)(
+        G, noise[:b, :frames] if frames <= mc.frames else torch.randn(b, frames, 3, mc.size, mc.size),
+        idsB[:b], M.block_schedules(frames // mc.frames_per_block, n, ffe, sig4), window=window)
+    print(f"2. sampling the student ({ckpt}), batch {B} x {mc.frames} frames, KV cache; FLOPs counted per rollout")
+    fps = {}
+    for n, ffe, lab in [(4, 0, "4"), (2, 4, "2*"), (2, 0, "2"), (1, 4, "1*"), (1, 0, "1")]:
+        t = _bench(lambda: sample(n, ffe), 3)
+        fps[lab] = B * mc.frames / t * 1e3
+        row(f"{lab:2s} steps: {fps[lab]:7.0f} frames/s", t, B * rollout_flops(mc, M.block_schedules(nb, n, ffe, sig4)))
+    print(f"  1-step / 4-step throughput {fps['1'] / fps['4']:.2f}x (ceiling 2.5x with one commit pass per block) | "
+          f"1* / 4 {fps['1*'] / fps['4']:.2f}x | 2 / 4 {fps['2'] / fps['4']:.2f}x")
+    first = {}
+    for lab, n, ffe in [("1", 1, 0), ("1*", 1, 4), ("4", 4, 0)]:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            M.rollout(G, noise[:1], idsB[:1], M.block_schedules(nb, n, ffe, sig4),
+                      on_block=lambda b, x: first.setdefault(lab, time.perf_counter() - t0))
+    print("  latency to the first frame (batch 1): " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in first.items()))
+    t_e = _bench(lambda: sample(1, 0), 3)
+    USE_COMPILED = True
+    t_c = _bench(lambda: sample(1, 0), 3, warm=2)
+    with torch.no_grad():
+        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=g1)
+        USE_COMPILED = False
+        b_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=g2)
+    print(f"  compiled modulate + rope, 1 step: eager {t_e:.1f} ms, compiled {t_c:.1f} ms, speed-up {t_e / t_c:.2f}x | "
+          f"max rel. diff {((a_ - b_).abs().max() / b_.abs().max()).item():.1e}")
+    # -- 3. streaming past the trained length with the rolling cache, and against no cache --
+    fpb = mc.frames_per_block
+    window, long = mc.frames - fpb, 4 * mc.frames
+    print(f"3. streaming, batch 1, 1 step: {long} frames = 4x trained, rolling window {window} frames")
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            stamps = [time.perf_counter()]
+            M.rollout(G, torch.randn(1, long, 3, mc.size, mc.size), idsB[:1], M.block_schedules(long // fpb, 1, 0, sig4),
+                      window=window, on_block=lambda b, x: stamps.append(time.perf_counter()))
+            times.append(torch.tensor(stamps).diff())
+    per_block = torch.stack(times).median(0).values * 1e3   # ms per block (denoise + commit of the previous)
+    print(f"  per-frame latency: frame {fpb} {per_block[1] / fpb:.2f} ms | last frame {per_block[-1] / fpb:.2f} ms | "
+          f"ratio {per_block[-1] / per_block[1]:.2f}x")
+
+    def no_cache(frames):   # every block recomputes the whole prefix: [clean prefix, noisy block]
+        x = torch.randn(1, frames, 3, mc.size, mc.size)
+        with torch.no_grad():
+            for b in range(frames // fpb):
+                sl = x[:, :(b + 1) * fpb]
+                s_ = torch.zeros(1, (b + 1) * fpb)
+                s_[:, -fpb:] = sig4[0]
+                x[:, b * fpb:(b + 1) * fpb] = M.v_to_x0(sl, G(sl, s_, idsB[:1]), s_)[:, -fpb:]
+    for frames in (mc.frames, 64):
+        t_cache = _bench(lambda: sample(1, 0, b=1, frames=frames, window=window if frames > mc.frames else 0), 2)
+        t_none = _bench(lambda: no_cache(frames), 1)
+        print(f"  {frames} frames: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | recompute prefix {t_none:8.1f} ms | speed-up {t_none / t_cache:5.1f}x")
+    # -- 4. attention kernels: flex vs SDPA, compiled elementwise ops (tiny shapes) --
+    print("4. kernels, tiny shapes, batch 8")
+    B, H, L, hd, D, tpb = 8, 4, 512, 32, 128, 128
     q, k, v = (torch.randn(B, H, L, hd) for _ in range(3))
     x, sh, sc = torch.randn(B, 8, 64, D), torch.randn(B, 8, 1, D), torch.randn(B, 8, 1, D)
     cos, sin = torch.randn(L, hd // 2), torch.randn(L, hd // 2)
@@ -127,8 +243,27 @@ if __name__ == "__main__":
             ("modulate (LayerNorm + shift/scale)", lambda: modulate_ref(x, sh, sc),
              lambda: compiled("modulate")(x, sh, sc), "eager", "compiled"),
             ("rope", lambda: rope_ref(q, cos, sin), lambda: compiled("rope")(q, cos, sin), "eager", "compiled")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch {B}")
     for name, ref, fast, a, b in rows:
         t0, t1 = _bench(ref), _bench(fast)
         err = (ref() - fast()).abs().max().item()
-        print(f"{name:38s} {a} {t0:7.2f} ms | {b} {t1:7.2f} ms | speed-up {t0 / t1:5.2f}x | max diff {err:.1e}")
+        print(f"  {name:38s} {a} {t0:7.2f} ms | {b} {t1:7.2f} ms | speed-up {t0 / t1:5.2f}x | max diff {err:.1e}")
+
+
+def scale_on_paper(peak_tflops=989.0, mfu=0.4):
+    """Estimates, not runs: teacher training FLOPs per video (3 x forward) and the time per step of the
+    GPU presets at `mfu` of a published bf16 dense peak (H100 SXM: 989 TFLOP/s)."""
+    import model as M
+    print(f"5. scale on paper (ESTIMATES, not runs): bf16 peak {peak_tflops:.0f} TFLOP/s per GPU at {mfu:.0%} utilisation")
+    for preset, model, batch, gpus in (("teacher.py --preset=gpu", "small", 64, 1), ("teacher.py --preset=gpu8", "base", 256, 8)):
+        cfg = M.model_config(model)
+        per_video = 3 * dit_flops(cfg, cfg.frames, cfg.frames, cfg.text_len)
+        step = per_video * batch / (gpus * peak_tflops * 1e12 * mfu)
+        print(f"  {preset:26s} {model:5s} {cfg.size}px x {cfg.frames} frames, {(cfg.size // cfg.patch) ** 2 * cfg.frames} tokens: "
+              f"{per_video / 1e12:6.2f} TFLOP per video | batch {batch} on {gpus} GPU(s): ~{step:.2f} s per step")
+
+
+if __name__ == "__main__":
+    import sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    benchmark(args.get("ckpt", "ckpt/asd_tiny.pt"), int(args.get("threads", 0)))
+    scale_on_paper()

@@ -41,6 +41,7 @@ class ModelConfig:
     causal: bool = False        # block-causal attention (student) or bidirectional (teacher)
     frames_per_block: int = 2   # frames denoised together by the causal student
     shift: float = 2.0          # timestep shift s: sigma -> s*sigma / (1 + (s-1)*sigma)
+    rope: bool = True           # 3-D rotary embedding in self-attention (besides the fixed sinusoidal positions)
 
 
 # size presets shared by the scripts; `tiny` trains on a 2-core CPU
@@ -158,7 +159,8 @@ class Attention(nn.Module):
         if self.cross:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
         else:
-            q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)
+            if rope is not None:
+                q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)
             o = attend(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(B, L, D))
 
@@ -228,7 +230,7 @@ class DiT(nn.Module):
         h = self.patch_in(tokens) + abs_positions(Fr, g, g, cfg.dim, start, x.device)   # (B, F*N, D)
         ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
         c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
-        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device)
+        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device) if cfg.rope else None
         feats = []
         for i, block in enumerate(self.blocks):
             if cache is not None:

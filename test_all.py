@@ -92,6 +92,16 @@ def test_world_motion_follows_caption():
             np.allclose(centres[2, 0], centres[0, 0], atol=3.5), caption   # (a bounce at frame 1)
 
 
+def test_world_no_wall_in_first_frames():
+    """With wall_free=8 every clip moves straight in its captioned direction for 8 frames."""
+    unit = {k: np.array(v) for k, v in data.DIRECTIONS.items()}
+    for i in range(60):
+        _, caption, f, centres = data.make_clip([10, i], data.WorldConfig(frames=8, wall_free=8))
+        for k, d in enumerate(f["directions"]):
+            steps = np.diff(centres[:, k], axis=0) @ unit[d]
+            assert (steps >= 0.99).all(), caption
+
+
 def test_heldout_triples_never_in_training_split():
     for i in range(300):
         _, _, f, _ = data.make_clip([1, i], data.WorldConfig(frames=1), split="train")
@@ -726,3 +736,31 @@ def test_cli_train_saves_and_refuses_an_evaluator_that_fails_its_gates(tmp_path)
     assert path.exists() and os.path.getsize(path) < 4e6
     with pytest.raises(ValueError, match="failed its accuracy gates"):
         E.load_evaluator(str(path))
+
+
+def test_flop_formula_matches_counted_flops(monkeypatch):
+    """kernels.dit_flops (the benchmark's FLOP/s) equals torch's FLOP counter on a real forward, with
+    attention written as explicit matmuls so the counter sees it; causal (dense mask) and with a cache."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def sdpa(q, k, v, attn_mask=None):
+        w = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        if attn_mask is not None:
+            w = w.masked_fill(~attn_mask, float("-inf"))
+        return w.softmax(-1) @ v
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    cfg = M.model_config("test", vocab=40, text_len=12)
+    cfg.causal, cfg.text_depth = True, 0          # the caption encoder uses its own fused attention
+    net = M.DiT(cfg)
+    ids, x = torch.randint(3, 40, (1, 12)), torch.randn(1, cfg.frames, 3, cfg.size, cfg.size)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(x, torch.rand(1, cfg.frames), ids)
+    assert abs(fc.get_total_flops() / kernels.dit_flops(cfg, cfg.frames, cfg.frames, 12) - 1) < 0.01
+    cache = net.new_cache()
+    with torch.no_grad():
+        cache.write = True
+        net(x[:, :2], torch.zeros(1, 2), ids, cache=cache)
+        cache.write = False
+        with FlopCounterMode(display=False) as fc:
+            net(x[:, 2:3], torch.rand(1, 1), ids, cache=cache)
+    assert abs(fc.get_total_flops() / kernels.dit_flops(cfg, 1, 3, 12) - 1) < 0.01
