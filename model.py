@@ -9,8 +9,9 @@ The network: one video diffusion transformer (DiT) for every role in the pipelin
 Layout, used everywhere: video (B, F, C, H, W) in [-1, 1]; each frame is cut into N = (H/p)(W/p)
 patches, so tokens are (B, F*N, D), frame-major. Noise levels are per frame: sigma (B, F) in [0, 1].
 Flow matching (rectified flow): x_s = (1 - s) x0 + s eps, the network predicts v = eps - x0, and
-x0 = x_s - s v. Positions: 3-D rotary embedding over (frame, row, col), so a rolling KV window can
-stream past the trained length (attention only sees relative offsets).
+x0 = x_s - s v. Positions: fixed sinusoidal (frame, row, col) embeddings added to the tokens plus a
+3-D rotary embedding in self-attention; a rolling KV window streams past the trained length (RoPE
+sees true offsets, the absolute frame embedding stays inside the trained range).
 The bottom of the file holds what every script shares: the --key=value CLI, checkpoints, DDP.
 """
 import math
@@ -227,7 +228,11 @@ class DiT(nn.Module):
         p, g, cfg = self.cfg.patch, self.grid, self.cfg
         tokens = x.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr * g * g, C * p * p)
         start = cache.frames if cache else 0
-        h = self.patch_in(tokens) + abs_positions(Fr, g, g, cfg.dim, start, x.device)   # (B, F*N, D)
+        # streaming past the trained length: the absolute embedding stays at the last trained block's
+        # frames (frames 8..31 at their own positions made the rolling rollout dissolve into noise);
+        # RoPE keeps the true frame offsets
+        pos = min(start, cfg.frames - Fr) if cache is not None else start
+        h = self.patch_in(tokens) + abs_positions(Fr, g, g, cfg.dim, pos, x.device)     # (B, F*N, D)
         ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
         c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
         rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device) if cfg.rope else None
