@@ -329,16 +329,22 @@ def fake_step(s, x, ids, g):
     return dict(loss_fake=loss.item())
 
 
+@torch.no_grad()
+def d_features(s, x_n, x_n1, ids, g):
+    """Frozen-trunk features of the n-step output x_n and the (n+1)-step output x_n1, noised with the
+    same sigma and the same noise, in one batched pass. Returns (features of x_n, features of x_n1)."""
+    sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
+    both = M.add_noise(torch.cat([x_n, x_n1]), torch.cat([eps, eps]), torch.cat([sig, sig]))
+    feats = s.fake(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]
+    return tuple(zip(*(f.chunk(2) for f in feats)))
+
+
 def discriminator_step(s, n, x_n, x_n1, ids, g):
     """ASD discriminator update, head only: the fake-score trunk runs without grad ('frozen fake
     score', algorithms.md 6.2). 'real' = the (n+1)-step output x_n1, 'fake' = the n-step output
-    x_n (both no-grad rollouts), noised with the same sigma and the same noise."""
+    x_n (both no-grad rollouts)."""
     cfg = s.cfg
-    with torch.no_grad():
-        sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
-        both = M.add_noise(torch.cat([x_n, x_n1]), torch.cat([eps, eps]), torch.cat([sig, sig]))
-        feats = s.fake(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]   # one batched trunk pass
-        feats_f, feats_r = zip(*(f.chunk(2) for f in feats))
+    feats_f, feats_r = d_features(s, x_n, x_n1, ids, g)
     lf, lr_ = s.head(feats_f)[:, n - 1], s.head(feats_r)[:, n - 1]
     if cfg.d_loss == "hinge":
         loss = hinge_d_loss(lr_, lf)
@@ -417,9 +423,8 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
 @torch.no_grad()
 def d_accuracy(s, n, x_n, x_n1, ids, g):
     """Share of videos D_n classifies right (logit > 0 for the (n+1)-step side, < 0 for the n-step side)."""
-    sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
-    real = s.head(s.fake(M.add_noise(x_n1, eps, sig), sig, ids, features=True)[1])[:, n - 1]
-    fake = s.head(s.fake(M.add_noise(x_n, eps, sig), sig, ids, features=True)[1])[:, n - 1]
+    feats_f, feats_r = d_features(s, x_n, x_n1, ids, g)
+    real, fake = s.head(feats_r)[:, n - 1], s.head(feats_f)[:, n - 1]
     return ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2
 
 

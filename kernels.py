@@ -131,18 +131,16 @@ def dit_flops(cfg, q_frames, k_frames, text_len):
     return 2 * (L * layer + rest)
 
 
-def rollout_flops(cfg, schedules, window=0):
+def rollout_flops(cfg, schedules):
     """FLOPs of model.rollout for one video: per block, its denoising forwards and one commit pass."""
-    fpb, total, ctx = cfg.frames_per_block, 0, 0
-    for sched in schedules:
-        total += (len(sched) + 1) * dit_flops(cfg, fpb, ctx + fpb, cfg.text_len)
-        ctx = min(ctx + fpb, window) if window else ctx + fpb
-    return total
+    fpb = cfg.frames_per_block
+    return sum((len(sched) + 1) * dit_flops(cfg, fpb, (b + 1) * fpb, cfg.text_len) for b, sched in enumerate(schedules))
 
 
 def benchmark(ckpt, threads):
-    import model as M
     import data
+    import model as M
+    import teacher
     torch.manual_seed(0)
     if threads:
         torch.set_num_threads(threads)
@@ -156,11 +154,10 @@ def benchmark(ckpt, threads):
     tcfg = M.model_config("tiny")
     net = M.DiT(tcfg)
     x0, eps, ids = torch.randn(8, tcfg.frames, 3, 32, 32), torch.randn(8, tcfg.frames, 3, 32, 32), torch.randint(3, 30, (8, tcfg.text_len))
-    sig = torch.rand(8, 1).expand(-1, tcfg.frames)
+    sig = torch.rand(8)
 
     def train_step(f):
-        v = f(M.add_noise(x0, eps, sig), sig, ids)
-        ((v - (eps - x0)) ** 2).mean().backward()
+        teacher.flow_loss(f, x0, ids, eps, sig).backward()
     fl = 3 * 8 * dit_flops(tcfg, tcfg.frames, tcfg.frames, tcfg.text_len)
     print(f"1. teacher training step, batch 8 x {tcfg.frames} frames ({fl / 1e9:.1f} GFLOP = 3 x forward)")
     t_eager = _bench(lambda: train_step(net), 10)
