@@ -46,6 +46,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # max gradient norm
     ema: float = 0.998              # EMA decay of the weights used for sampling
     p_uncond: float = 0.1           # caption dropout for classifier-free guidance
+    frame_noise: float = 0.5        # share of videos noised with an independent level per frame
     seed: int = 0                   # data, noise and init seed
     save_every: int = 200           # checkpoint every N steps (atomic)
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
@@ -85,15 +86,22 @@ def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
     # noise levels drawn like the sampler's grid, shift(U(0, 1)): a first run with SD3's logit-normal
     # levels (1.4% of draws above sigma 0.9) learnt colours but not motion, which is decided at the
     # high noise levels where the shifted Euler grid spends a quarter of its steps
-    sigma = M.shift_sigma(torch.rand(cfg.batch, generator=g), M.model_config(cfg.model).shift)[lo:hi]
+    shift = M.model_config(cfg.model).shift
+    sigma = M.shift_sigma(torch.rand(cfg.batch, 1, generator=g), shift).expand(-1, x0.shape[1])
+    # Diffusion-Forcing-style per-frame levels for a share of the videos: a less noisy frame next to
+    # noisier ones can only be continued by reading the caption's direction (and shape), the signal
+    # that uniform levels alone give too weakly (motion barely learnt: README, open problems)
+    per_frame = M.shift_sigma(torch.rand(cfg.batch, x0.shape[1], generator=g), shift)
+    sigma = torch.where(torch.rand(cfg.batch, 1, generator=g) < cfg.frame_noise, per_frame, sigma)[lo:hi]
     drop = (torch.rand(cfg.batch, generator=g) < cfg.p_uncond)[lo:hi]
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     return x0, tok.encode(captions), eps, sigma
 
 
 def flow_loss(model, x0, ids, eps, sigma):
-    """Flow-matching loss: mean ||v_hat - (eps - x0)||^2 at x_s = (1-s) x0 + s eps (Self Forcing 1.1)."""
-    sig = sigma[:, None].expand(-1, x0.shape[1])                          # one level per video: (B, F)
+    """Flow-matching loss: mean ||v_hat - (eps - x0)||^2 at x_s = (1-s) x0 + s eps (Self Forcing 1.1).
+    sigma: (B,) one level per video, or (B, F) one per frame."""
+    sig = sigma if sigma.ndim == 2 else sigma[:, None].expand(-1, x0.shape[1])
     x = M.add_noise(x0, eps, sig)
     v = model(x, sig, ids)
     return F.mse_loss(v.float(), (eps - x0).float())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole tiny pipeline on this CPU, end to end, with the wall time of every stage:
+#   teacher -> ODE init -> Self Forcing + DMD -> Self Forcing + ASD -> evaluator nets -> scorecards.
+#     bash pipeline.sh                 # everything into out/pipeline (about 75 minutes on 2 cores)
+#     O=out/p2 bash pipeline.sh        # another folder
+# Every stage is the plain command a user would type; the stage table goes to $O/stages.md and
+# the results table to $O/results.md. Nothing here is read from ckpt/: it starts from nothing.
+set -euo pipefail
+cd "$(dirname "$0")"
+O=${O:-out/pipeline}
+PY=${PY:-python}
+mkdir -p "$O"
+echo "| stage | command | wall time |" > "$O/stages.md"
+echo "|---|---|---|" >> "$O/stages.md"
+T_ALL=$SECONDS
+stage() {   # stage NAME COMMAND...: run it, log its output, append its wall time to the table
+  local name=$1 t0=$SECONDS; shift
+  echo "== $name: $*"
+  "$@" > "$O/$name.out" 2>&1 || { echo "stage $name failed, see $O/$name.out"; tail -5 "$O/$name.out"; exit 1; }
+  local dt=$((SECONDS - t0))
+  printf '| %s | `%s` | %d min %02d s |\n' "$name" "$*" $((dt / 60)) $((dt % 60)) | tee -a "$O/stages.md"
+}
+
+stage teacher $PY teacher.py --out=$O
+stage ode $PY distill.py --stage=ode --teacher=$O/teacher_ema.pt --out=$O
+stage dmd $PY distill.py --method=dmd --teacher=$O/teacher_ema.pt --init=$O/ode.pt --out=$O
+stage asd $PY distill.py --method=asd --teacher=$O/teacher_ema.pt --init=$O/ode.pt --out=$O
+stage evaluator $PY eval.py --train=true --evaluator=$O/evaluator.pt
+E="--evaluator=$O/evaluator.pt --out=$O/eval"
+run_scores() {
+  $PY eval.py --ckpt=$O/teacher_ema.pt --steps=16 --name=teacher_16 $E
+  $PY eval.py --ckpt=$O/ode.pt --steps=4 --name=ode_4 $E
+  for m in dmd asd; do
+    for s in "1 --ffe=true" "1 --ffe=false" "2 --ffe=true" "2 --ffe=false" "4"; do
+      $PY eval.py --ckpt=$O/${m}_ema.pt --steps=$s $E
+    done
+  done
+}
+stage scorecards run_scores
+dt=$((SECONDS - T_ALL))
+printf '| **total** | `bash pipeline.sh` | **%d min %02d s** |\n' $((dt / 60)) $((dt % 60)) | tee -a "$O/stages.md"
+J=$O/eval
+$PY eval.py --table=$J/teacher_16.json,$J/ode_4.json,$J/dmd_ema_4.json,$J/asd_ema_4.json,$J/dmd_ema_2.json,$J/asd_ema_2.json,$J/dmd_ema_2star.json,$J/asd_ema_2star.json,$J/dmd_ema_1.json,$J/asd_ema_1.json,$J/dmd_ema_1star.json,$J/asd_ema_1star.json > "$O/results.md"
+for s in 1star 1 2star 2 4; do
+  echo "ASD - DMD at $s:" >> "$O/results.md"
+  $PY eval.py --compare=$J/dmd_ema_$s.json,$J/asd_ema_$s.json >> "$O/results.md"
+done
+cat "$O/stages.md" "$O/results.md"
