@@ -266,18 +266,23 @@ def guided_x0(model, x, sigma, text_c, text_u, scale):
 
 
 @torch.no_grad()
-def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=()):
+def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), context=None):
     """Many-step Euler sampler of the flow ODE with CFG on the uniform-then-shifted grid.
-    Returns x0 and {sigma: x_sigma} for every grid sigma in keep_sigmas (ODE-init trajectories)."""
+    Returns x0 and {sigma: x_sigma} for every grid sigma in keep_sigmas (ODE-init trajectories).
+    context (B, k, C, H, W): the first k frames are given clean (sigma 0) and only the rest is sampled."""
     sigmas = [shift_sigma(1 - i / n_steps, model.cfg.shift) for i in range(n_steps)] + [0.0]
-    x, kept = noise, {}
+    x, kept, k0 = noise.clone(), {}, 0 if context is None else context.shape[1]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         for k in keep_sigmas:
             if abs(k - s) < 1e-6:
                 kept[k] = x
         sig = torch.full(x.shape[:2], s, device=x.device)
+        if k0:
+            x[:, :k0], sig[:, :k0] = context, 0.0                # (B, k, C, H, W): clean context frames
         x0 = guided_x0(model, x, sig, text_c, text_u, scale)
         x = x + (s_next - s) * x0_to_v(x, x0, sig)          # Euler: x_{s'} = x_s + (s' - s) v
+    if k0:
+        x[:, :k0] = context
     missing = [k for k in keep_sigmas if k not in kept]
     assert not missing, f"sigmas {missing} are not on the {n_steps}-step grid"
     return x, kept

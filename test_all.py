@@ -267,6 +267,19 @@ def test_teacher_resume_is_exact(tmp_path):
             assert torch.allclose(ca[key][name], cb[key][name], atol=1e-6), name
 
 
+def test_teacher_batch_noise_levels_per_video_or_per_frame():
+    """frame_noise=0: one level per video; =1: independent levels per frame; the rank slices of a
+    global batch are the rows of the whole batch (same draws whatever the number of ranks)."""
+    tok = data.Tokenizer(data.train_tokenizer(data.all_captions()))
+    wcfg = data.WorldConfig(size=16, frames=4)
+    for p, per_frame in ((0.0, False), (1.0, True)):
+        cfg = teacher.TrainConfig(model="test", batch=16, frame_noise=p)
+        sigma = teacher.get_batch(cfg, wcfg, tok, 3, 0, 16)[3]
+        assert sigma.shape == (16, 4) and 0 <= sigma.min() and sigma.max() <= 1
+        assert (sigma.std(dim=1) > 1e-3).all().item() == per_frame and (sigma.std(dim=1) > 1e-3).any().item() == per_frame
+        assert torch.equal(teacher.get_batch(cfg, wcfg, tok, 3, 4, 8)[3], sigma[4:8])
+
+
 def _ddp_grads(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
