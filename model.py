@@ -280,7 +280,8 @@ def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), c
         if k0:
             x[:, :k0], sig[:, :k0] = context, 0.0                # (B, k, C, H, W): clean context frames
         x0 = guided_x0(model, x, sig, text_c, text_u, scale)
-        x = x + (s_next - s) * x0_to_v(x, x0, sig)          # Euler: x_{s'} = x_s + (s' - s) v
+        # Euler: x_{s'} = x_s + (s' - s) v; context frames (sigma 0) get a finite dummy v and are reset
+        x = x + (s_next - s) * x0_to_v(x, x0, sig.clamp_min(1e-6))
     if k0:
         x[:, :k0] = context
     missing = [k for k in keep_sigmas if k not in kept]
