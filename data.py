@@ -38,6 +38,7 @@ class WorldConfig:
     speed: tuple = (1.0, 1.6)       # pixels per frame
     p_gradient: float = 0.5         # probability of a softly graded background
     wall_free: int = 0              # no wall along the motion in the first N frames (0 = start anywhere)
+    centred: bool = False           # wall_free room on both sides, so the start does not reveal the direction
 
 
 # -----------------------------------------------------------------------------
@@ -82,6 +83,8 @@ def make_clip(seed, cfg=WorldConfig(), split="train"):
         # follow directions either (README, open problems), so the default keeps the original world
         travel = np.abs(vel) * max(0, min(cfg.wall_free, T) - 1)
         lo, hi = r + np.where(vel < 0, travel, 0), S - r - np.where(vel > 0, travel, 0)
+        if cfg.centred:   # room both ways: a left-mover no longer always starts on the right half
+            lo, hi = r + travel, S - r - travel
         lo, hi = np.where(lo < hi, lo, r), np.where(lo < hi, hi, S - r)   # no room: anywhere
         pos = lo + (hi - lo) * u
         objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=pos, vel=vel))

@@ -40,6 +40,7 @@ class TrainConfig:
     speed_min: float = 1.0          # procedural world: object speed range, pixels per frame
     speed_max: float = 1.6
     wall_free: int = 0              # procedural world: straight motion (no bounce) in the first N frames
+    centred: bool = False           # with wall_free: room both ways, so the start says nothing of the direction
     steps: int = 3000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -51,6 +52,7 @@ class TrainConfig:
     ema: float = 0.998              # EMA decay of the weights used for sampling
     p_uncond: float = 0.1           # caption dropout for classifier-free guidance
     frame_noise: float = 0.5        # share of videos noised with an independent level per frame
+    first_clean: float = 0.0        # share of videos whose first frame is given clean (sigma 0, no loss)
     seed: int = 0                   # data, noise and init seed
     save_every: int = 200           # checkpoint every N steps (atomic)
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
@@ -99,6 +101,10 @@ def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
     sigma = torch.where(torch.rand(cfg.batch, 1, generator=g) < cfg.frame_noise, per_frame, sigma)[lo:hi]
     drop = (torch.rand(cfg.batch, generator=g) < cfg.p_uncond)[lo:hi]
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    if cfg.first_clean:   # image-to-video: where the object goes from a known first frame is the caption's
+        given = (torch.rand(cfg.batch, generator=g) < cfg.first_clean)[lo:hi]
+        sigma = sigma.clone()
+        sigma[given, 0] = 0.0
     return x0, tok.encode(captions), eps, sigma
 
 
@@ -108,7 +114,9 @@ def flow_loss(model, x0, ids, eps, sigma):
     sig = sigma if sigma.ndim == 2 else sigma[:, None].expand(-1, x0.shape[1])
     x = M.add_noise(x0, eps, sig)
     v = model(x, sig, ids)
-    return F.mse_loss(v.float(), (eps - x0).float())
+    err = (v.float() - (eps - x0).float()).pow(2).mean((2, 3, 4))                # (B, F)
+    keep = (sig > 0).float()          # a frame given clean (sigma 0) is context: no target to learn
+    return (err * keep).sum() / keep.sum().clamp_min(1)
 
 
 @torch.no_grad()
@@ -134,9 +142,21 @@ def caption_sensitivity(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
         losses = {k: flow_loss(net, x0, tok.encode([" ".join(f(w)) for w in caps]), eps, sig).item()
                   for k, f in swaps.items()}
         print(f"sigma {s:.2f}: " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    # does the direction word move the object? First frame given clean, the others at sigma s: the
+    # x0 prediction's last-frame centroid, along the caption's direction, with the true and opposite word
+    from eval import track, tracker_direction
+    unit = torch.tensor([data.DIRECTIONS[w[4]] for w in caps])
+    along = lambda video: ((track(video)[1][:, -1] - track(video)[1][:, 0]) * unit).sum(-1).mean().item()
+    for s in (0.9, 1.0):
+        sig = torch.full(x0.shape[:2], s)
+        sig[:, 0] = 0.0
+        x = M.add_noise(x0, eps, sig)
+        moved = {k: along(M.v_to_x0(x, net(x, sig, tok.encode([" ".join(swaps[k](w)) for w in caps])), sig))
+                 for k in ("true", "direction")}
+        print(f"first frame given, rest at sigma {s:.1f}: last frame moved {moved['true']:+.2f} px along the caption's "
+              f"direction with its word, {moved['direction']:+.2f} with the opposite word (real clips {along(x0):+.2f})")
     # does the teacher know the motion but not commit to it when every frame starts from noise?
     # sample the clips' captions from noise, and with the clean real first frame given
-    from eval import track, tracker_direction
     ids, ids_u = net.encode_text(tok.encode([" ".join(w) for w in caps])), net.encode_text(tok.encode([""] * n))
     true = torch.tensor([list(data.DIRECTIONS).index(w[4]) for w in caps])
     for name, ctx in (("from noise", None), ("first frame given", x0[:, :1])):
@@ -159,7 +179,8 @@ def main(argv):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
     world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
-                                 speed=(cfg.speed_min, cfg.speed_max), wall_free=cfg.wall_free)
+                                 speed=(cfg.speed_min, cfg.speed_max), wall_free=cfg.wall_free,
+                                 centred=cfg.centred)
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
     ck_path = os.path.join(cfg.out, "teacher.pt")
 

@@ -280,6 +280,37 @@ def test_teacher_batch_noise_levels_per_video_or_per_frame():
         assert torch.equal(teacher.get_batch(cfg, wcfg, tok, 3, 4, 8)[3], sigma[4:8])
 
 
+def test_first_clean_frame_is_context_without_loss():
+    """first_clean=1: every video's first frame is given clean (sigma 0) and the loss ignores it:
+    whatever the network outputs there, the loss is the mean over the other frames only."""
+    tok = data.Tokenizer(data.train_tokenizer(data.all_captions()))
+    cfg = teacher.TrainConfig(model="test", batch=4, first_clean=1.0)
+    x0, ids, eps, sigma = teacher.get_batch(cfg, data.WorldConfig(size=16, frames=4), tok, 0, 0, 4)
+    assert (sigma[:, 0] == 0).all() and (sigma[:, 1:] > 0).all()
+    net = random_dit()
+    poke = lambda x, s, t: net(x, s, t) + 1e3 * (torch.arange(4) == 0).float()[None, :, None, None, None]
+    loss, poked = teacher.flow_loss(net, x0, ids, eps, sigma), teacher.flow_loss(poke, x0, ids, eps, sigma)
+    assert torch.allclose(loss, poked)
+    target = (net(M.add_noise(x0, eps, sigma), sigma, ids) - (eps - x0)).pow(2)[:, 1:].mean()
+    assert torch.allclose(loss, target, atol=1e-6)
+
+
+def test_centred_start_does_not_reveal_the_direction():
+    """wall_free alone starts a left-mover on the right (the start leaks the caption's direction);
+    centred leaves room both ways: no bounce, and left- and right-movers start alike."""
+    def start_gap(centred):
+        cfg = data.WorldConfig(frames=8, wall_free=8, centred=centred, speed=(1.0, 1.2), p_two=0)
+        x = {"left": [], "right": []}
+        for i in range(200):
+            _, _, f, c = data.make_clip([12, i], cfg)
+            d = f["directions"][0]
+            if d in x:
+                x[d].append(c[0, 0, 0])
+                assert np.all(np.diff(c[:, 0], axis=0) @ np.array(data.DIRECTIONS[d]) >= 0.99)
+        return np.mean(x["left"]) - np.mean(x["right"])
+    assert start_gap(False) > 4 and abs(start_gap(True)) < 1.5
+
+
 def _ddp_grads(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
