@@ -79,12 +79,13 @@ def make_clip(seed, cfg=WorldConfig(), split="train"):
         u = rng.uniform(size=2)                                   # the start, as a fraction of its range
         vel = np.array(DIRECTIONS[direction]) * rng.uniform(*cfg.speed)
         # the start may leave room for wall_free frames of straight motion (a clip that bounces early
-        # shows the opposite of its caption's direction); a teacher trained with wall_free=8 did not
-        # follow directions either (README, open problems), so the default keeps the original world
+        # shows the opposite of its caption's direction); wall_free alone leaks the direction through
+        # the start, centred does not (README, open problem 1); the default keeps the original world
         travel = np.abs(vel) * max(0, min(cfg.wall_free, T) - 1)
-        lo, hi = r + np.where(vel < 0, travel, 0), S - r - np.where(vel > 0, travel, 0)
-        if cfg.centred:   # room both ways: a left-mover no longer always starts on the right half
+        if cfg.centred:   # room both ways: otherwise a left-mover always starts on the right half (a leak)
             lo, hi = r + travel, S - r - travel
+        else:
+            lo, hi = r + np.where(vel < 0, travel, 0), S - r - np.where(vel > 0, travel, 0)
         lo, hi = np.where(lo < hi, lo, r), np.where(lo < hi, hi, S - r)   # no room: anywhere
         pos = lo + (hi - lo) * u
         objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=pos, vel=vel))

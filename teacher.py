@@ -146,7 +146,9 @@ def caption_sensitivity(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
     # x0 prediction's last-frame centroid, along the caption's direction, with the true and opposite word
     from eval import track, tracker_direction
     unit = torch.tensor([data.DIRECTIONS[w[4]] for w in caps])
-    along = lambda video: ((track(video)[1][:, -1] - track(video)[1][:, 0]) * unit).sum(-1).mean().item()
+    def along(video):
+        centres = track(video)[1]
+        return ((centres[:, -1] - centres[:, 0]) * unit).sum(-1).mean().item()
     for s in (0.9, 1.0):
         sig = torch.full(x0.shape[:2], s)
         sig[:, 0] = 0.0
