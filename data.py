@@ -58,6 +58,19 @@ def _shape_alpha(shape, cx, cy, r, xx, yy):
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
+def world_of(ck):
+    """The procedural world a checkpoint learned from (students carry their teacher's), so that it is
+    scored against that world's clips; checkpoints from before the "world" entry fall back to the
+    teacher's flags, or to the original world."""
+    if "world" in ck:
+        return WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ck["world"].items()})
+    t = ck.get("train_cfg", {})
+    if "wall_free" not in t:
+        return WorldConfig()
+    return WorldConfig(speed=(t["speed_min"], t["speed_max"]), wall_free=t["wall_free"],
+                       centred=t.get("centred", False))
+
+
 def make_clip(seed, cfg=WorldConfig(), split="train"):
     """One clip from its seed: (video (F,3,H,W) in [-1,1], caption, factors, centres (F,n,2)).
     split: 'train' avoids the held-out triples, 'heldout' draws only them, 'all' draws anything."""

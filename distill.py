@@ -239,7 +239,7 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
     if master:
         M.save_checkpoint(dict(kind="student", ema=student.state_dict(), model=student.state_dict(), step=cfg.steps,
                                model_cfg=asdict(mc), train_cfg={k: v for k, v in asdict(cfg).items()},
-                               tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
+                               world=cfg._world, tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
                           os.path.join(cfg.out, "ode.pt"))
         minutes = (time.perf_counter() - t_start) / 60
         cfg._log.write(f"ODE regression: {cfg.steps} steps in {minutes:.1f} min\n")
@@ -376,7 +376,7 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
         torch.set_rng_state(ck["rng"])
 
     def save(it):
-        common = dict(step=it, model_cfg=asdict(s.mc), train_cfg=asdict(cfg),
+        common = dict(step=it, model_cfg=asdict(s.mc), train_cfg=asdict(cfg), world=cfg._world,
                       tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8))
         M.save_checkpoint(dict(kind="student-train", rng=torch.get_rng_state(),
                                **{k: getattr(s, k).state_dict() for k in TRAINED}, **common), ck_path)
@@ -470,6 +470,7 @@ def main(argv):
     tck = M.load_checkpoint(cfg.teacher, "teacher")
     teacher = M.build_model(tck).to(device).requires_grad_(False)     # the real score: frozen
     tok_bytes = bytes(tck["tokenizer"].tolist())
+    cfg._world = asdict(data.world_of(tck))   # the students carry the teacher's world (eval.py scores against it)
     tok = data.Tokenizer(tok_bytes, max_len=teacher.cfg.text_len)
     os.makedirs(cfg.out, exist_ok=True)
     name = cfg.method if cfg.stage == "sf" else cfg.stage

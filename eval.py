@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -105,9 +105,10 @@ def prompt_grid(n, split="train", seed=0, reps=2):
     return out
 
 
-def real_videos(prompts, size, frames, which=0):
-    """The world's clips for the prompts (N, F, 3, H, W): which=0 the FD reference, 1 the ceiling."""
-    cfg = data.WorldConfig(size=size, frames=frames, p_two=0)
+def real_videos(prompts, size, frames, which=0, world=data.WorldConfig()):
+    """The world's clips for the prompts (N, F, 3, H, W): which=0 the FD reference, 1 the ceiling;
+    world: the one the model learned from (data.world_of), its geometry and speeds."""
+    cfg = replace(world, size=size, frames=frames, p_two=0)
     return torch.from_numpy(np.stack([data.make_clip(p["world"][which], cfg, p["split"])[0] for p in prompts]))
 
 
@@ -478,11 +479,11 @@ def boot_sd(a, ref, n_boot, seed=0):
     return float(np.std([frechet(a[rng.integers(0, len(a), len(a))], ref) for _ in range(n_boot)]))
 
 
-def reference(ev, prompts):
-    """What every model is measured against, from the world alone (identical for every model at a
-    given n): real set 0 (the FD reference), real set 1 (the ceiling, = 1) and the anchors made from
+def reference(ev, prompts, world=data.WorldConfig()):
+    """What every model is measured against, from the world alone (identical for every model of the
+    same world at a given n): real set 0 (the FD reference), real set 1 (the ceiling, = 1) and the anchors made from
     set 1 (= 0, one per quality dimension; chance level for the semantic ones)."""
-    a, b = (real_videos(prompts, ev["size"], ev["frames"], w) for w in (0, 1))
+    a, b = (real_videos(prompts, ev["size"], ev["frames"], w, world) for w in (0, 1))
     ref, real = score_videos(ev, a, prompts), score_videos(ev, b, prompts)
     anchors = {k: score_videos(ev, degrade(b, k), prompts)["video"] for k in set(ANCHOR.values())}
     ceil = {d: real["video"][d].mean().item() for d in list(QUALITY) + SEMANTIC}
@@ -545,6 +546,8 @@ def compare(path_a, path_b, n_boot=1000):
     if ra["prompts"] != rb["prompts"] or ra["noise_seeds"] != rb["noise_seeds"]:
         raise ValueError(f"{path_a} and {path_b} were not scored on the same prompts and seeds "
                          "(use the same --n and --seed)")
+    if ra.get("world") != rb.get("world"):
+        raise ValueError(f"{path_a} and {path_b} were scored against different worlds (their teachers')")
     va, vb = ra["scores"]["per_video"], rb["scores"]["per_video"]
     rows = [(k, np.mean(va[k]), np.mean(vb[k])) + paired_bootstrap(va[k], vb[k], n_boot) for k in va if k in vb]
     return rows, ra, rb
@@ -593,7 +596,8 @@ def long_curves(ev, ck, prompts, frames, args):
     consecutive windows of the evaluator's length: FD of each frame to the real clips' frames, colour and
     shape accuracy, flat-region noise and the tracked step (0 = a frozen video)."""
     videos, _ = sample_checkpoint(ck, prompts, *args, frames=frames)
-    T, ref = ev["frames"], score_videos(ev, real_videos(prompts, ev["size"], ev["frames"]), prompts)
+    real = real_videos(prompts, ev["size"], ev["frames"], world=data.world_of(ck))
+    T, ref = ev["frames"], score_videos(ev, real, prompts)
     ref_emb = ref["frame_emb"].flatten(0, 1)
     curves = {k: [] for k in ("fd_frame", "colour_acc", "shape_acc", "noise", "step")}
     for w in range(0, frames - T + 1, T):
@@ -729,8 +733,9 @@ def main(argv):
     t["sample_heldout"], t0 = time.perf_counter() - t0 - t["sample"], time.perf_counter()
     sim = step_similarity(ck, prompts[:cfg.sim_n], device) if mc.causal else None
     t["similarity"], t0 = time.perf_counter() - t0, time.perf_counter()
-    scores = scorecard(score_videos(ev, videos, prompts), reference(ev, prompts), cfg.boot_fd, cfg.seed)
-    held, ref_h = score_videos(ev, videos_h, heldout)["video"], reference(ev, heldout)
+    world = data.world_of(ck)
+    scores = scorecard(score_videos(ev, videos, prompts), reference(ev, prompts, world), cfg.boot_fd, cfg.seed)
+    held, ref_h = score_videos(ev, videos_h, heldout)["video"], reference(ev, heldout, world)
     t["evaluate"] = time.perf_counter() - t0
     if cfg.long and mc.causal:
         if cfg.long % ev["frames"]:
@@ -739,7 +744,7 @@ def main(argv):
         for k, v in long.items():
             print(f"long {k + '(t)':16s}" + " ".join(f"{x:.3f}" for x in v))
     name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
-    result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
+    result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"], world=asdict(world),
                   prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
                   heldout={d: dict(model=held[d].mean().item(), real=ref_h["ceil"][d]) for d in SEMANTIC},
                   similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t,

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,9 @@ class TrainConfig:
     out: str = "out"                # output folder
     data: str = ""                  # folder of real clips; empty = the procedural world
     speed_min: float = 1.0          # procedural world: object speed range, pixels per frame
-    speed_max: float = 1.6
-    wall_free: int = 0              # procedural world: straight motion (no bounce) in the first N frames
-    centred: bool = False           # with wall_free: room both ways, so the start says nothing of the direction
+    speed_max: float = 1.2
+    wall_free: int = 8              # procedural world: straight motion (no bounce) in the first N frames
+    centred: bool = True            # with wall_free: room both ways, so the start says nothing of the direction
     steps: int = 3000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -52,7 +52,7 @@ class TrainConfig:
     ema: float = 0.998              # EMA decay of the weights used for sampling
     p_uncond: float = 0.1           # caption dropout for classifier-free guidance
     frame_noise: float = 0.5        # share of videos noised with an independent level per frame
-    first_clean: float = 0.0        # share of videos whose first frame is given clean (sigma 0, no loss)
+    first_clean: float = 0.5        # share of videos whose first frame is given clean (sigma 0, no loss)
     seed: int = 0                   # data, noise and init seed
     save_every: int = 200           # checkpoint every N steps (atomic)
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
@@ -116,7 +116,8 @@ def flow_loss(model, x0, ids, eps, sigma):
     v = model(x, sig, ids)
     err = (v.float() - (eps - x0).float()).pow(2).mean((2, 3, 4))                # (B, F)
     keep = (sig > 0).float()          # a frame given clean (sigma 0) is context: no target to learn
-    return (err * keep).sum() / keep.sum().clamp_min(1)
+    # mean over each video's kept frames, then over videos: the same whatever the split over ranks
+    return ((err * keep).sum(1) / keep.sum(1).clamp_min(1)).mean()
 
 
 @torch.no_grad()
@@ -127,7 +128,7 @@ def caption_sensitivity(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
     ignored by the network: it cannot appear in the samples."""
     ck = M.load_checkpoint(path, "teacher")
     net, tok = M.build_model(ck).eval(), data.Tokenizer(bytes(ck["tokenizer"].tolist()))
-    wc = data.WorldConfig(frames=net.cfg.frames, p_two=0.0)
+    wc = replace(data.world_of(ck), frames=net.cfg.frames, p_two=0.0)   # the world it was trained on
     clips = [data.make_clip([77, i], wc) for i in range(n)]
     x0, caps = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1].split() for c in clips]
     nxt = lambda names, w: names[(names.index(w) + 1) % len(names)]
@@ -220,10 +221,11 @@ def main(argv):
     def save(step):
         M.save_checkpoint(dict(kind="teacher-train", model=net.state_dict(), ema=ema.state_dict(),
                                opt=opt.state_dict(), step=step, rng=torch.get_rng_state(),
-                               model_cfg=asdict(mcfg), train_cfg=asdict(cfg),
+                               model_cfg=asdict(mcfg), train_cfg=asdict(cfg), world=asdict(world_cfg),
                                tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)), ck_path)
         M.save_checkpoint(dict(kind="teacher", ema=ema.state_dict(), step=step, model_cfg=asdict(mcfg),
-                               train_cfg=asdict(cfg), tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
+                               train_cfg=asdict(cfg), world=asdict(world_cfg),
+                               tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
                           os.path.join(cfg.out, "teacher_ema.pt"))
 
     # ---- the loop ----

@@ -273,7 +273,7 @@ def test_teacher_batch_noise_levels_per_video_or_per_frame():
     tok = data.Tokenizer(data.train_tokenizer(data.all_captions()))
     wcfg = data.WorldConfig(size=16, frames=4)
     for p, per_frame in ((0.0, False), (1.0, True)):
-        cfg = teacher.TrainConfig(model="test", batch=16, frame_noise=p)
+        cfg = teacher.TrainConfig(model="test", batch=16, frame_noise=p, first_clean=0.0)
         sigma = teacher.get_batch(cfg, wcfg, tok, 3, 0, 16)[3]
         assert sigma.shape == (16, 4) and 0 <= sigma.min() and sigma.max() <= 1
         assert (sigma.std(dim=1) > 1e-3).all().item() == per_frame and (sigma.std(dim=1) > 1e-3).any().item() == per_frame
