@@ -311,6 +311,19 @@ def test_centred_start_does_not_reveal_the_direction():
     assert start_gap(False) > 4 and abs(start_gap(True)) < 1.5
 
 
+def test_students_carry_their_teachers_world(tiny_run):
+    """eval.py scores a model against clips of the world its teacher learnt: the teacher saves its
+    world, the ODE init and both students inherit it; older checkpoints fall back to the teacher's
+    flags or to the original world."""
+    w = data.world_of(torch.load(f"{tiny_run}/teacher_ema.pt", weights_only=True))
+    assert w.centred and w.wall_free == 8 and w.speed == (1.0, 1.2)              # teacher.py's defaults
+    for f in ("ode.pt", "dmd_ema.pt", "asd_ema.pt"):
+        assert data.world_of(torch.load(f"{tiny_run}/{f}", weights_only=True)) == w, f
+    assert data.world_of(dict(train_cfg=dict(speed_min=2.0, speed_max=3.0, wall_free=4))) == \
+        data.WorldConfig(speed=(2.0, 3.0), wall_free=4)
+    assert data.world_of(dict(train_cfg=dict(method="dmd"))) == data.WorldConfig()
+
+
 def _ddp_grads(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
