@@ -60,6 +60,7 @@ class DistillConfig:
     d_loss: str = "hinge"           # hinge | rpgan (relativistic softplus, R3GAN) for ASD
     r1r2: float = 0.0               # rpgan: weight of the finite-difference R1/R2 penalty
     d_sigma_max: float = 0.3        # discriminator inputs are noised at sigma = shift(U(0.02, max)) (<= 0.46)
+    d_trunk: bool = False           # the D loss also trains the fake-score trunk (DMD2); default: head only
     seed: int = 0                   # prompts, noise, exit steps
     save_every: int = 50            # checkpoint every N iterations (atomic)
     stop_at: int = 0                # stop after this iteration as if interrupted (0 = never)
@@ -329,22 +330,24 @@ def fake_step(s, x, ids, g):
     return dict(loss_fake=loss.item())
 
 
-@torch.no_grad()
-def d_features(s, x_n, x_n1, ids, g):
-    """Frozen-trunk features of the n-step output x_n and the (n+1)-step output x_n1, noised with the
-    same sigma and the same noise, in one batched pass. Returns (features of x_n, features of x_n1)."""
+def d_features(s, x_n, x_n1, ids, g, grad=False):
+    """Fake-score trunk features of the n-step output x_n and the (n+1)-step output x_n1, noised with
+    the same sigma and the same noise, in one batched pass (with grad: --d_trunk). Returns (features of
+    x_n, features of x_n1)."""
     sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
     both = M.add_noise(torch.cat([x_n, x_n1]), torch.cat([eps, eps]), torch.cat([sig, sig]))
-    feats = s.fake(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]
+    with torch.set_grad_enabled(grad):
+        feats = s.fake(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]
     return tuple(zip(*(f.chunk(2) for f in feats)))
 
 
 def discriminator_step(s, n, x_n, x_n1, ids, g):
     """ASD discriminator update, head only: the fake-score trunk runs without grad ('frozen fake
-    score', algorithms.md 6.2). 'real' = the (n+1)-step output x_n1, 'fake' = the n-step output
-    x_n (both no-grad rollouts)."""
+    score', algorithms.md 6.2); with --d_trunk the D loss also trains the trunk, at the fake score's
+    lr (DMD2's classifier on the fake score). 'real' = the (n+1)-step output x_n1, 'fake' = the
+    n-step output x_n (both no-grad rollouts)."""
     cfg = s.cfg
-    feats_f, feats_r = d_features(s, x_n, x_n1, ids, g)
+    feats_f, feats_r = d_features(s, x_n, x_n1, ids, g, grad=cfg.d_trunk)
     lf, lr_ = s.head(feats_f)[:, n - 1], s.head(feats_r)[:, n - 1]
     if cfg.d_loss == "hinge":
         loss = hinge_d_loss(lr_, lf)
@@ -355,7 +358,10 @@ def discriminator_step(s, n, x_n, x_n1, ids, g):
             r1 = ((s.head(jit(feats_r))[:, n - 1] - lr_) / 0.01).pow(2).mean()
             r2 = ((s.head(jit(feats_f))[:, n - 1] - lf) / 0.01).pow(2).mean()
             loss = loss + cfg.r1r2 * 0.5 * (r1 + r2)
-    step_optimizer(s.head.parameters(), s.opt_d, s, loss)
+    s.opt_f.zero_grad(set_to_none=True)
+    step_optimizer(s.head.parameters(), s.opt_d, s, loss)     # the backward also fills the trunk's grads
+    if cfg.d_trunk:
+        step_optimizer(s.fake.parameters(), s.opt_f, s)
     return dict(loss_d=loss.item(), d_real=lr_.mean().item(), d_fake=lf.mean().item())
 
 

@@ -453,6 +453,10 @@ def test_discriminator_step_changes_only_the_head(tiny_run):
     distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
     assert not same(h0, snapshot(s.head))
     assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake))
+    s.cfg.d_trunk = True                              # DMD2-style: the D loss trains the trunk as well
+    f1 = snapshot(s.fake)
+    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
+    assert not same(f1, snapshot(s.fake)) and same(g0, snapshot(s.G))
 
 
 def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
