@@ -481,8 +481,8 @@ def boot_sd(a, ref, n_boot, seed=0):
 
 def reference(ev, prompts, world=data.WorldConfig()):
     """What every model is measured against, from the world alone (identical for every model of the
-    same world at a given n): real set 0 (the FD reference), real set 1 (the ceiling, = 1) and the anchors made from
-    set 1 (= 0, one per quality dimension; chance level for the semantic ones)."""
+    same world at a given n): real set 0 (the FD reference), real set 1 (the ceiling, = 1) and the
+    anchors made from set 1 (= 0, one per quality dimension; chance level for the semantic ones)."""
     a, b = (real_videos(prompts, ev["size"], ev["frames"], w, world) for w in (0, 1))
     ref, real = score_videos(ev, a, prompts), score_videos(ev, b, prompts)
     anchors = {k: score_videos(ev, degrade(b, k), prompts)["video"] for k in set(ANCHOR.values())}
@@ -744,8 +744,8 @@ def main(argv):
         for k, v in long.items():
             print(f"long {k + '(t)':16s}" + " ".join(f"{x:.3f}" for x in v))
     name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
-    result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"], world=asdict(world),
-                  prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
+    result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
+                  world=asdict(world), prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
                   heldout={d: dict(model=held[d].mean().item(), real=ref_h["ceil"][d]) for d in SEMANTIC},
                   similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t,
                   long=long if cfg.long and mc.causal else None)

@@ -1,7 +1,7 @@
 """
 Train the teacher: a bidirectional video DiT with flow matching and caption dropout (for CFG).
 
-    python teacher.py                                       # tiny preset, 2-core CPU, ~18 min
+    python teacher.py                                       # tiny preset, 2-core CPU, 13-29 min
     python teacher.py --diagnose=ckpt/teacher_tiny.pt       # does it read each caption word? motion?
     python teacher.py --resume=true                         # continue out/teacher.pt exactly
     python teacher.py --preset=gpu --out=out_gpu            # one GPU (bf16 autocast)
@@ -10,7 +10,10 @@ Train the teacher: a bidirectional video DiT with flow matching and caption drop
 
 Noise levels: one per video, or for a share of the videos (--frame_noise) one per frame
 (Diffusion Forcing): a cleaner frame beside noisier ones teaches the network to continue the
-motion the caption names. Writes {out}/teacher.pt (everything, for --resume) and
+motion the caption names. The world by default: objects start with room for 8 frames of straight
+motion both ways (no bounce, and the start says nothing of the direction), and half of the videos
+get their first frame clean (image-to-video), so that where an object goes is the caption's word
+alone (README: how the teacher came to follow the direction). Writes {out}/teacher.pt (everything, for --resume) and
 {out}/teacher_ema.pt (EMA weights, configs and tokenizer: what distill.py and sample.py need).
 Every step's batch, noise and caption dropout are a pure function of (seed, step), so a resumed
 run equals an uninterrupted one and N ranks with micro-batch b see exactly the data of 1 process
