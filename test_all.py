@@ -772,6 +772,11 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
     run_eval(common + ["--steps=2", "--ffe=false"])
     p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'student_2.json'}"])
     assert "95% CI" in p.stdout and "total" in p.stdout
+    other = json.load(open(tmp_path / "student_2.json"))           # scored against another world: refused
+    other["world"]["centred"] = not other["world"]["centred"]
+    json.dump(other, open(tmp_path / "other.json", "w"))
+    p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'other.json'}"], check=False)
+    assert p.returncode != 0 and "different worlds" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_cli_refuses_with_one_line_errors(tmp_path, evaluator):
