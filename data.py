@@ -63,7 +63,7 @@ def world_of(ck):
     scored against that world's clips; checkpoints from before the "world" entry fall back to the
     teacher's flags, or to the original world."""
     if "world" in ck:
-        return WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ck["world"].items()})
+        return WorldConfig(**ck["world"])
     t = ck.get("train_cfg", {})
     if "wall_free" not in t:
         return WorldConfig()

@@ -358,8 +358,9 @@ def discriminator_step(s, n, x_n, x_n1, ids, g):
             r1 = ((s.head(jit(feats_r))[:, n - 1] - lr_) / 0.01).pow(2).mean()
             r2 = ((s.head(jit(feats_f))[:, n - 1] - lf) / 0.01).pow(2).mean()
             loss = loss + cfg.r1r2 * 0.5 * (r1 + r2)
-    s.opt_f.zero_grad(set_to_none=True)
-    step_optimizer(s.head.parameters(), s.opt_d, s, loss)     # the backward also fills the trunk's grads
+    if cfg.d_trunk:
+        s.opt_f.zero_grad(set_to_none=True)
+    step_optimizer(s.head.parameters(), s.opt_d, s, loss)     # with d_trunk the backward fills the trunk's grads too
     if cfg.d_trunk:
         step_optimizer(s.fake.parameters(), s.opt_f, s)
     return dict(loss_d=loss.item(), d_real=lr_.mean().item(), d_fake=lf.mean().item())
