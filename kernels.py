@@ -8,7 +8,8 @@ Fast paths for model.py, each beside the plain reference it must equal (test_all
   reference; the choice is made at call time from the device and whether a gradient is needed.
 - KV-cache attention: queries of the block being denoised against [committed context, own block];
   no mask is needed since a block sees all earlier blocks and itself.
-- fused elementwise ops (LayerNorm + adaLN modulation, rotary embedding) through torch.compile.
+- elementwise ops (LayerNorm + adaLN modulation, rotary embedding), plain: torch.compile of the
+  whole network fuses them (teacher.py --compile, and the benchmark's compiled sampler).
 Nothing compiles at import time: compilation happens on first use.
 """
 import functools
@@ -18,37 +19,18 @@ import torch
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# elementwise ops: references and their compiled versions
+# elementwise ops (plain: compiling them alone sped a sampling rollout up 1.03x, README)
 
 
-def modulate_ref(x, shift, scale):
+def modulate(x, shift, scale):
     """adaLN: LayerNorm without affine, then x * (1 + scale) + shift. x (B, F, N, D), shift/scale (B, F, 1, D)."""
     return F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
 
 
-def rope_ref(x, cos, sin):
+def rope(x, cos, sin):
     """Rotary embedding on interleaved pairs. x (B, H, L, hd), cos/sin (L, hd/2)."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
-
-_compiled = {}
-USE_COMPILED = False     # set by the scripts' --compile flag (model.py reads it at call time)
-
-
-def compiled(name):
-    """The torch.compile'd version of an op by name, compiled once on first call."""
-    if name not in _compiled:
-        _compiled[name] = torch.compile({"modulate": modulate_ref, "rope": rope_ref}[name], dynamic=False)
-    return _compiled[name]
-
-
-def modulate(x, shift, scale):
-    return compiled("modulate")(x, shift, scale) if USE_COMPILED else modulate_ref(x, shift, scale)
-
-
-def rope(x, cos, sin):
-    return compiled("rope")(x, cos, sin) if USE_COMPILED else rope_ref(x, cos, sin)
 
 
 # -----------------------------------------------------------------------------
@@ -144,7 +126,6 @@ def benchmark(ckpt, threads):
     torch.manual_seed(0)
     if threads:
         torch.set_num_threads(threads)
-    global USE_COMPILED
     a = torch.randn(2048, 2048)
     peak = 2 * 2048 ** 3 / _bench(lambda: a @ a, 10) * 1e3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 | matmul peak (2048^3) {peak / 1e9:.1f} GFLOP/s")
@@ -192,16 +173,19 @@ def benchmark(ckpt, threads):
             M.rollout(G, noise[:1], idsB[:1], M.block_schedules(nb, n, ffe, sig4),
                       on_block=lambda b, x: first.setdefault(lab, time.perf_counter() - t0))
     print("  latency to the first frame (batch 1): " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in first.items()))
-    t_e = _bench(lambda: sample(1, 0), 3)
-    USE_COMPILED = True
+    # the whole student compiled (one graph per context length: recompiles up to ~10 times)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    G_eager, t_e = G, _bench(lambda: sample(1, 0), 3)
+    t0 = time.perf_counter()
+    G = torch.compile(G_eager, dynamic=False)
     t_c = _bench(lambda: sample(1, 0), 3, warm=2)
+    compile_s = time.perf_counter() - t0 - 5 * t_c / 1e3
     with torch.no_grad():
-        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-        a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=g1)
-        USE_COMPILED = False
-        b_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=g2)
-    print(f"  compiled modulate + rope, 1 step: eager {t_e:.1f} ms, compiled {t_c:.1f} ms, speed-up {t_e / t_c:.2f}x | "
-          f"max rel. diff {((a_ - b_).abs().max() / b_.abs().max()).item():.1e}")
+        a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
+        b_ = M.rollout(G_eager, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
+    G = G_eager
+    print(f"  torch.compile(student), 1 step: eager {t_e:.1f} ms, compiled {t_c:.1f} ms, speed-up {t_e / t_c:.2f}x | "
+          f"max rel. diff {((a_ - b_).abs().max() / b_.abs().max()).item():.1e} | compile ~{compile_s:.0f} s")
     # -- 3. streaming past the trained length with the rolling cache, and against no cache --
     fpb = mc.frames_per_block
     window, long = mc.frames - fpb, 4 * mc.frames
@@ -230,20 +214,13 @@ def benchmark(ckpt, threads):
         t_none = _bench(lambda: no_cache(frames), 1)
         print(f"  {frames} frames: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | recompute prefix {t_none:8.1f} ms | speed-up {t_none / t_cache:5.1f}x")
     # -- 4. attention kernels: flex vs SDPA, compiled elementwise ops (tiny shapes) --
-    print("4. kernels, tiny shapes, batch 8")
-    B, H, L, hd, D, tpb = 8, 4, 512, 32, 128, 128
+    print("4. attention kernels, tiny shapes, batch 8")
+    B, H, L, hd, tpb = 8, 4, 512, 32, 128
     q, k, v = (torch.randn(B, H, L, hd) for _ in range(3))
-    x, sh, sc = torch.randn(B, 8, 64, D), torch.randn(B, 8, 1, D), torch.randn(B, 8, 1, D)
-    cos, sin = torch.randn(L, hd // 2), torch.randn(L, hd // 2)
-    rows = [("block-causal attention fwd (L=512)", lambda: block_causal_attention_ref(q, k, v, tpb),
-             lambda: block_causal_attention_flex(q, k, v, tpb), "sdpa", "flex"),
-            ("modulate (LayerNorm + shift/scale)", lambda: modulate_ref(x, sh, sc),
-             lambda: compiled("modulate")(x, sh, sc), "eager", "compiled"),
-            ("rope", lambda: rope_ref(q, cos, sin), lambda: compiled("rope")(q, cos, sin), "eager", "compiled")]
-    for name, ref, fast, a, b in rows:
-        t0, t1 = _bench(ref), _bench(fast)
-        err = (ref() - fast()).abs().max().item()
-        print(f"  {name:38s} {a} {t0:7.2f} ms | {b} {t1:7.2f} ms | speed-up {t0 / t1:5.2f}x | max diff {err:.1e}")
+    ref, fast = lambda: block_causal_attention_ref(q, k, v, tpb), lambda: block_causal_attention_flex(q, k, v, tpb)
+    t0, t1 = _bench(ref), _bench(fast)
+    print(f"  block-causal attention fwd (L=512): sdpa {t0:7.2f} ms | flex {t1:7.2f} ms | speed-up {t0 / t1:5.2f}x | "
+          f"max diff {(ref() - fast()).abs().max().item():.1e}")
 
 
 def scale_on_paper(peak_tflops=989.0, mfu=0.4):

@@ -233,14 +233,12 @@ def test_flex_block_causal_attention_matches_reference():
     assert torch.allclose(ref, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6)
 
 
-def test_compiled_elementwise_ops_match_reference():
-    x, sh, sc = torch.randn(2, 4, 16, 32), torch.randn(2, 4, 1, 32), torch.randn(2, 4, 1, 32)
-    assert (kernels.compiled("modulate")(x, sh, sc) - kernels.modulate_ref(x, sh, sc)).abs().max() <= 1e-5
-    q, cos, sin = torch.randn(2, 2, 64, 16), torch.randn(64, 8), torch.randn(64, 8)
-    assert (kernels.compiled("rope")(q, cos, sin) - kernels.rope_ref(q, cos, sin)).abs().max() <= 1e-5
-    # rope is a rotation: norms of each pair are preserved for unit cos^2 + sin^2
-    a = torch.rand(64, 8) * 6
-    assert torch.allclose(kernels.rope_ref(q, a.cos(), a.sin()).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+def test_rope_rotates_pairs():
+    q, a = torch.randn(2, 2, 64, 16), torch.rand(64, 8) * 6
+    out = kernels.rope(q, a.cos(), a.sin())
+    pairs = lambda t: t.unflatten(-1, (8, 2))
+    assert torch.allclose(pairs(out).norm(dim=-1), pairs(q).norm(dim=-1), atol=1e-5)   # each pair keeps its norm
+    assert torch.allclose(kernels.rope(q, torch.ones(64, 8), torch.zeros(64, 8)), q)    # angle 0: identity
 
 
 def test_cache_attention_equals_masked_attention():
@@ -660,6 +658,18 @@ def test_paired_bootstrap():
         E.paired_bootstrap(a, a[:10])
 
 
+def test_paired_fd_sees_a_shift_the_unpaired_sds_hide():
+    rng = np.random.default_rng(0)
+    ref, fa = rng.normal(size=(264, 8)), rng.normal(size=(264, 8))
+    d, lo, hi, _ = E.paired_fd(fa, fa, ref, n_boot=50)
+    assert d == lo == hi == 0                                      # the same model: exactly no difference
+    fb = fa + 0.1                                                  # FD rises by ~8 x 0.1^2 (+ cross terms)
+    d, lo, hi, p = E.paired_fd(fa, fb, ref, n_boot=100)
+    assert lo > 0 and p < 0.05 and d > 0
+    sd = np.hypot(E.boot_sd(fa, ref, 20), E.boot_sd(fb, ref, 20))
+    assert d < 2 * sd                                              # unpaired SDs: within noise; paired CI: > 0
+
+
 def test_step_similarity_matrices(tmp_path):
     ck = M.load_checkpoint(tiny_checkpoint(str(tmp_path / "s.pt"), size=16, frames=4))
     blocks, frames = E.step_similarity(ck, E.prompt_grid(3))
@@ -771,7 +781,7 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
     assert np.array(r["similarity"]["blocks"]).shape == (4, 4, 4)
     run_eval(common + ["--steps=2", "--ffe=false"])
     p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'student_2.json'}"])
-    assert "95% CI" in p.stdout and "total" in p.stdout
+    assert "95% CI" in p.stdout and "total" in p.stdout and "FVD-synth b - a (paired)" in p.stdout
     other = json.load(open(tmp_path / "student_2.json"))           # scored against another world: refused
     other["world"]["centred"] = not other["world"]["centred"]
     json.dump(other, open(tmp_path / "other.json", "w"))
