@@ -322,6 +322,14 @@ def test_students_carry_their_teachers_world(tiny_run):
     assert data.world_of(dict(train_cfg=dict(method="dmd"))) == data.WorldConfig()
 
 
+def free_port():
+    """A port no process listens on now (the OS picks it), instead of a random guess that can collide."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _ddp_grads(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -347,7 +355,7 @@ def _ddp_grads(rank, world, port, out):
 
 
 def test_ddp_two_ranks_equal_one_process_with_double_batch(tmp_path):
-    port = random.randint(20000, 40000)
+    port = free_port()
     torch.multiprocessing.spawn(_ddp_grads, args=(2, port, str(tmp_path / "ddp.pt")), nprocs=2)
     _ddp_grads(0, 1, port, str(tmp_path / "one.pt"))
     a, b = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
@@ -378,7 +386,7 @@ def _exit_steps(rank, world, port, out):
 
 
 def test_exit_step_identical_across_ranks(tmp_path):
-    port = random.randint(40001, 60000)
+    port = free_port()
     torch.multiprocessing.spawn(_exit_steps, args=(2, port, str(tmp_path / "e")), nprocs=2)
     r0, r1 = (torch.load(f"{tmp_path}/e.{r}") for r in (0, 1))
     assert r0["mine"] != r1["mine"]                   # the ranks' own draws differ ...
