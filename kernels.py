@@ -213,7 +213,7 @@ def benchmark(ckpt, threads):
         t_cache = _bench(lambda: sample(1, 0, b=1, frames=frames, window=window if frames > mc.frames else 0), 2)
         t_none = _bench(lambda: no_cache(frames), 1)
         print(f"  {frames} frames: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | recompute prefix {t_none:8.1f} ms | speed-up {t_none / t_cache:5.1f}x")
-    # -- 4. attention kernels: flex vs SDPA, compiled elementwise ops (tiny shapes) --
+    # -- 4. attention kernels: flex vs SDPA (tiny shapes) --
     print("4. attention kernels, tiny shapes, batch 8")
     B, H, L, hd, tpb = 8, 4, 512, 32, 128
     q, k, v = (torch.randn(B, H, L, hd) for _ in range(3))
