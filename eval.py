@@ -535,10 +535,15 @@ def paired_bootstrap(a, b, n_boot=1000, seed=0):
     if a.shape != b.shape:
         raise ValueError(f"paired scores need the same videos: {a.shape} vs {b.shape}")
     d = b - a
-    boots = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
+    return ci(d.mean(), d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1))
+
+
+def ci(diff, boots):
+    """(diff, 95% percentile CI of the bootstrap differences, two-sided bootstrap p-value)."""
+    boots = np.asarray(boots)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     p = min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))
-    return float(d.mean()), float(lo), float(hi), float(p)
+    return float(diff), float(lo), float(hi), float(p)
 
 
 def paired_fd(fa, fb, ref, n_boot=200, seed=0):
@@ -551,9 +556,7 @@ def paired_fd(fa, fb, ref, n_boot=200, seed=0):
     for _ in range(n_boot):
         i, j = rng.integers(0, len(fa), len(fa)), rng.integers(0, len(ref), len(ref))
         boots.append(frechet(fb[i], ref[j]) - frechet(fa[i], ref[j]))
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    p = min(1.0, 2 * min((np.asarray(boots) <= 0).mean(), (np.asarray(boots) >= 0).mean()))
-    return frechet(fb, ref) - frechet(fa, ref), float(lo), float(hi), float(p)
+    return ci(frechet(fb, ref) - frechet(fa, ref), boots)
 
 
 def compare(path_a, path_b, n_boot=1000):

@@ -173,7 +173,8 @@ def benchmark(ckpt, threads):
             M.rollout(G, noise[:1], idsB[:1], M.block_schedules(nb, n, ffe, sig4),
                       on_block=lambda b, x: first.setdefault(lab, time.perf_counter() - t0))
     print("  latency to the first frame (batch 1): " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in first.items()))
-    # the whole student compiled (one graph per context length: recompiles up to ~10 times)
+    # the whole student compiled (one graph per context length: recompiles up to ~10 times);
+    # sample() reads G when called, so rebinding G switches it between eager and compiled
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     G_eager, t_e = G, _bench(lambda: sample(1, 0), 3)
     t0 = time.perf_counter()

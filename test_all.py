@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -324,7 +325,6 @@ def test_students_carry_their_teachers_world(tiny_run):
 
 def free_port():
     """A port no process listens on now (the OS picks it), instead of a random guess that can collide."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
