@@ -61,6 +61,7 @@ class DistillConfig:
     r1r2: float = 0.0               # rpgan: weight of the finite-difference R1/R2 penalty
     d_sigma_max: float = 0.3        # discriminator inputs are noised at sigma = shift(U(0.02, max)) (<= 0.46)
     d_trunk: bool = False           # the D loss also trains the fake-score trunk (DMD2); default: head only
+    d_pair: bool = False            # D's n- and (n+1)-step samples start from the same noise (same content); default: independent
     seed: int = 0                   # prompts, noise, exit steps
     save_every: int = 50            # checkpoint every N iterations (atomic)
     stop_at: int = 0                # stop after this iteration as if interrupted (0 = never)
@@ -268,9 +269,13 @@ def build_sf(cfg, world, device, teacher, init):
     return s
 
 
-def student_rollout(s, n, ids, g, grad):
+def video_noise(s, g):
+    return torch.randn((s.micro, s.mc.frames, s.mc.channels, s.mc.size, s.mc.size), generator=g).to(s.device)
+
+
+def student_rollout(s, n, ids, g, grad, noise=None):
     """The student's n-step output: Self Forcing rollout whose exit is step n for every block."""
-    noise = torch.randn((s.micro, s.mc.frames, s.mc.channels, s.mc.size, s.mc.size), generator=g).to(s.device)
+    noise = video_noise(s, g) if noise is None else noise
     return M.rollout(s.G, noise, ids, M.block_schedules(s.nb, n, sigmas=s.sigmas), grad=grad, generator=g)
 
 
@@ -291,7 +296,8 @@ def generator_step(s, n, ids, ids_u, g):
     input gradients still flow through D back to the rollout output, as they must."""
     cfg, stats = s.cfg, dict(n=n)
     s.fake.requires_grad_(False), s.head.requires_grad_(False)
-    x = student_rollout(s, n, ids, g, grad=True)              # graph only through the exit forwards
+    noise = video_noise(s, g)
+    x = student_rollout(s, n, ids, g, grad=True, noise=noise)   # graph only through the exit forwards
     xd = x.detach().requires_grad_(True)
     l_dmd = dmd_loss(xd, s.teacher, s.fake, ids, ids_u, cfg, g)
     grad_x, = torch.autograd.grad(l_dmd, xd)
@@ -300,13 +306,15 @@ def generator_step(s, n, ids, ids_u, g):
         # ASD (Yang et al. 2025, Fig. 3): the n-step output should be indistinguishable from the
         # student's own (n+1)-step output (stop-gradient), both noised at one shared level
         sig, shape = d_sigma(s, g), x.shape
-        a = d_logits(s.fake, s.head, xd, sig, torch.randn(shape, generator=g).to(s.device), ids, n)
+        eps = torch.randn(shape, generator=g).to(s.device)
+        a = d_logits(s.fake, s.head, xd, sig, eps, ids, n)
         if cfg.d_loss == "hinge":
             l_asd = hinge_g_loss(a)
         else:
             with torch.no_grad():
-                x_next = student_rollout(s, n + 1, ids, g, grad=False)
-                b = d_logits(s.fake, s.head, x_next, sig, torch.randn(shape, generator=g).to(s.device), ids, n)
+                x_next = student_rollout(s, n + 1, ids, g, grad=False, noise=noise if cfg.d_pair else None)
+                eps_next = eps if cfg.d_pair else torch.randn(shape, generator=g).to(s.device)
+                b = d_logits(s.fake, s.head, x_next, sig, eps_next, ids, n)
             l_asd = rpgan_g_loss(a, b)
         grad_asd, = torch.autograd.grad(l_asd, xd)
         # the two gradients live on unrelated scales (DMD's is divided by the number of pixels), so
@@ -406,11 +414,12 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
         # 'fake' side and one more rollout gives the (n+1)-step 'real' side (no D update when n = N)
         n = M.broadcast_int(rnd.randint(1, s.N), device)
         with torch.no_grad():
-            x_n = student_rollout(s, n, ids, g, grad=False)
+            noise = video_noise(s, g)
+            x_n = student_rollout(s, n, ids, g, grad=False, noise=noise)
         stats.update(fake_step(s, x_n, ids, g))
         if cfg.method == "asd" and n < s.N:
             with torch.no_grad():
-                x_n1 = student_rollout(s, n + 1, ids, g, grad=False)
+                x_n1 = student_rollout(s, n + 1, ids, g, grad=False, noise=noise if cfg.d_pair else None)
             stats.update(discriminator_step(s, n, x_n, x_n1, ids, g))
         if master:
             line = f"step {it + 1} | " + " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

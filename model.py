@@ -394,9 +394,9 @@ def check_same_config(saved, current, path):
 
 
 def build_model(ck, weights="ema"):
-    """Rebuild a DiT from a checkpoint alone, preferring the EMA weights."""
+    """Rebuild a DiT from a checkpoint alone: `weights` if it holds them, else its EMA, else its model."""
     model = DiT(ModelConfig(**ck["model_cfg"]))
-    model.load_state_dict(ck[weights] if weights in ck else ck["model"])
+    model.load_state_dict(ck[weights] if weights in ck else ck["ema"] if "ema" in ck else ck["model"])
     return model
 
 

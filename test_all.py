@@ -473,6 +473,10 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
     assert not same(g0, snapshot(s.G))
     assert same(f0, snapshot(s.fake)) and same(h0, snapshot(s.head)) and same(t0, snapshot(s.teacher))
     assert all(p.grad is None for p in list(s.fake.parameters()) + list(s.head.parameters()))
+    s.cfg.d_loss, s.cfg.d_pair = "rpgan", True        # relativistic, D's pair from the same noise
+    g1 = snapshot(s.G)
+    assert "loss_asd" in distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(1))
+    assert not same(g1, snapshot(s.G)) and same(f0, snapshot(s.fake)) and same(h0, snapshot(s.head))
 
 
 def test_fake_step_changes_only_the_fake_score(tiny_run):
