@@ -4,6 +4,7 @@ Distill the teacher into a causal few-step student: ODE init, then Self Forcing 
     python distill.py --stage=ode                      # stage 1: CausVid ODE init -> out/ode.pt
     python distill.py --method=dmd                     # stage 2 baseline: Self Forcing + DMD
     python distill.py --method=asd                     # stage 2: + Adversarial Self-Distillation
+    python distill.py --method=asd --d_pair=true --d_loss=rpgan   # D: n vs n+1 steps of one noise, relativistic
     python distill.py --resume=true --method=asd       # continue exactly after an interruption
     torchrun --standalone --nproc_per_node=2 distill.py --method=asd    # DDP (gloo on CPU)
     python distill.py --preset=gpu --teacher=out_gpu/teacher_ema.pt      # one GPU
@@ -452,7 +453,8 @@ def stage_dprobe(cfg, rank, world, device, teacher, tok, tok_bytes, master, step
     P, g = n_train + n_test, torch.Generator().manual_seed(cfg.seed)
     caps = [data.make_clip([cfg.seed, 5, i], data.WorldConfig(frames=1))[1] for i in range(P)]
     ids, s.micro = tok.encode(caps).to(device), P
-    outs = {n: student_rollout(s, n, ids, g, grad=False) for n in range(1, s.N + 1)}
+    z = video_noise(s, g) if cfg.d_pair else None                   # --d_pair: every n from the same noise
+    outs = {n: student_rollout(s, n, ids, g, grad=False, noise=z) for n in range(1, s.N + 1)}
     s.micro = cfg.batch
     for step in tqdm(range(steps), desc="D probe", disable=not master):
         n, i = 1 + step % (s.N - 1), torch.randint(0, n_train, (cfg.batch,), generator=g)
