@@ -63,6 +63,9 @@ class DistillConfig:
     d_sigma_max: float = 0.3        # discriminator inputs are noised at sigma = shift(U(0.02, max)) (<= 0.46)
     d_trunk: bool = False           # the D loss also trains the fake-score trunk (DMD2); default: head only
     d_pair: bool = False            # D's n- and (n+1)-step samples start from the same noise (same content); default: independent
+    d_blocks: bool = False          # D scores each frame block (one logit per block and n) instead of the whole video
+    d_target: str = "next"          # D_n's 'real' side: the (n+1)-step output (next, the paper) | the N-step output (last)
+    alpha_n: str = ""               # ASD weight per n, "a_1,...,a_{N-1}" (e.g. 0.3,0.1,0.1); empty: alpha for every n
     seed: int = 0                   # prompts, noise, exit steps
     save_every: int = 50            # checkpoint every N iterations (atomic)
     stop_at: int = 0                # stop after this iteration as if interrupted (0 = never)
@@ -134,11 +137,13 @@ def rpgan_g_loss(logit_fake, logit_real):
 class DHead(nn.Module):
     """One learned query token per tapped block cross-attends to that block's hidden states (as in
     Self Forcing's GAN head and APT); the tokens -> MLP -> N-1 logits, logit n-1 is D_n, the
-    critic of 'n steps vs n+1 steps'. One video-level logit: frame-wise critics collapse motion (AAD-1)."""
+    critic of 'n steps vs n+1 steps'. One video-level logit: frame-wise critics collapse motion (AAD-1).
+    With blocks > 1 (--d_blocks) the tokens of each frame block are pooled on their own: one logit per
+    block, each block's hidden states having already seen the whole video (the trunk is bidirectional)."""
 
-    def __init__(self, dim, heads, taps, n_logits):
+    def __init__(self, dim, heads, taps, n_logits, blocks=1):
         super().__init__()
-        self.taps = taps
+        self.taps, self.blocks = taps, blocks
         self.tokens = nn.Parameter(torch.randn(len(taps), dim) * 0.02)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in taps)
         self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, batch_first=True) for _ in taps)
@@ -146,15 +151,16 @@ class DHead(nn.Module):
                                  nn.Linear(dim, n_logits))
 
     def forward(self, feats):
-        B = feats[0].shape[0]
-        pooled = [attn(self.tokens[j].expand(B, 1, -1), norm(feats[i]), norm(feats[i]), need_weights=False)[0][:, 0]
+        B, nb = feats[0].shape[0], self.blocks
+        feats = [f.reshape(B * nb, f.shape[1] // nb, f.shape[2]) for f in feats]    # (B * blocks, tokens, D)
+        pooled = [attn(self.tokens[j].expand(B * nb, 1, -1), norm(feats[i]), norm(feats[i]), need_weights=False)[0][:, 0]
                   for j, (i, norm, attn) in enumerate(zip(self.taps, self.norms, self.attn))]
-        return self.mlp(torch.cat(pooled, dim=-1))                                   # (B, n_logits)
+        return self.mlp(torch.cat(pooled, dim=-1)).view(B, nb, -1).transpose(1, 2)  # (B, n_logits, blocks)
 
 
 def d_logits(fake, head, x, sigma, eps, ids, n):
     """D_n(Psi(x)): noise x to sigma (the paper's noising process Psi), run the fake-score trunk,
-    read logit n-1 of the head."""
+    read logit n-1 of the head: (B, blocks)."""
     _, feats = fake(M.add_noise(x, eps, sigma), sigma, ids, features=True)
     return head(feats)[:, n - 1]
 
@@ -263,7 +269,8 @@ def build_sf(cfg, world, device, teacher, init):
     s.G_ema = M.build_model(init, "model").to(device).requires_grad_(False)
     s.fake = M.DiT(teacher.cfg).to(device)                  # fake score: a trainable copy of the teacher
     s.fake.load_state_dict(teacher.state_dict())
-    s.head = DHead(mc.dim, mc.heads, taps=list(range(mc.depth // 2, mc.depth)), n_logits=s.N - 1).to(device)
+    s.head = DHead(mc.dim, mc.heads, taps=list(range(mc.depth // 2, mc.depth)), n_logits=s.N - 1,
+                   blocks=s.nb if cfg.d_blocks else 1).to(device)
     s.opt_g = torch.optim.AdamW(s.G.parameters(), lr=cfg.lr_g, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_f = torch.optim.AdamW(s.fake.parameters(), lr=cfg.lr_fake, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_d = torch.optim.AdamW(s.head.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
@@ -313,14 +320,14 @@ def generator_step(s, n, ids, ids_u, g):
             l_asd = hinge_g_loss(a)
         else:
             with torch.no_grad():
-                x_next = student_rollout(s, n + 1, ids, g, grad=False, noise=noise if cfg.d_pair else None)
+                x_next = student_rollout(s, d_target(s, n), ids, g, grad=False, noise=noise if cfg.d_pair else None)
                 eps_next = eps if cfg.d_pair else torch.randn(shape, generator=g).to(s.device)
                 b = d_logits(s.fake, s.head, x_next, sig, eps_next, ids, n)
             l_asd = rpgan_g_loss(a, b)
         grad_asd, = torch.autograd.grad(l_asd, xd)
         # the two gradients live on unrelated scales (DMD's is divided by the number of pixels), so
         # by default alpha sets the ratio of their norms at x, as VQGAN's adaptive GAN weight does
-        weight = cfg.alpha * grad_x.norm() / grad_asd.norm().clamp_min(1e-12) if cfg.alpha_adaptive else cfg.alpha
+        weight = asd_alpha(cfg, n) * grad_x.norm() / grad_asd.norm().clamp_min(1e-12) if cfg.alpha_adaptive else asd_alpha(cfg, n)
         grad_x = grad_x + weight * grad_asd
         stats.update(loss_asd=l_asd.item(), g_asd=(weight * grad_asd).norm().item())
     x.backward(grad_x)        # = backward of L_DMD + alpha * L_ASD, one pass through the exits
@@ -353,8 +360,8 @@ def d_features(s, x_n, x_n1, ids, g, grad=False):
 def discriminator_step(s, n, x_n, x_n1, ids, g):
     """ASD discriminator update, head only: the fake-score trunk runs without grad ('frozen fake
     score', algorithms.md 6.2); with --d_trunk the D loss also trains the trunk, at the fake score's
-    lr (DMD2's classifier on the fake score). 'real' = the (n+1)-step output x_n1, 'fake' = the
-    n-step output x_n (both no-grad rollouts)."""
+    lr (DMD2's classifier on the fake score). 'real' = the (n+1)-step output x_n1 (N-step with
+    --d_target=last), 'fake' = the n-step output x_n (both no-grad rollouts)."""
     cfg = s.cfg
     feats_f, feats_r = d_features(s, x_n, x_n1, ids, g, grad=cfg.d_trunk)
     lf, lr_ = s.head(feats_f)[:, n - 1], s.head(feats_r)[:, n - 1]
@@ -420,7 +427,7 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
         stats.update(fake_step(s, x_n, ids, g))
         if cfg.method == "asd" and n < s.N:
             with torch.no_grad():
-                x_n1 = student_rollout(s, n + 1, ids, g, grad=False, noise=noise if cfg.d_pair else None)
+                x_n1 = student_rollout(s, d_target(s, n), ids, g, grad=False, noise=noise if cfg.d_pair else None)
             stats.update(discriminator_step(s, n, x_n, x_n1, ids, g))
         if master:
             line = f"step {it + 1} | " + " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -458,11 +465,22 @@ def stage_dprobe(cfg, rank, world, device, teacher, tok, tok_bytes, master, step
     s.micro = cfg.batch
     for step in tqdm(range(steps), desc="D probe", disable=not master):
         n, i = 1 + step % (s.N - 1), torch.randint(0, n_train, (cfg.batch,), generator=g)
-        loss = discriminator_step(s, n, outs[n][i], outs[n + 1][i], ids[i], g)["loss_d"]
+        loss = discriminator_step(s, n, outs[n][i], outs[d_target(s, n)][i], ids[i], g)["loss_d"]
     s.micro, test = n_test, slice(n_train, P)
-    acc = [d_accuracy(s, n, outs[n][test], outs[n + 1][test], ids[test], g) for n in range(1, s.N)]
+    acc = [d_accuracy(s, n, outs[n][test], outs[d_target(s, n)][test], ids[test], g) for n in range(1, s.N)]
     print(f"D probe lr_d {cfg.lr_d:g} d_sigma_max {cfg.d_sigma_max:g}: last loss_d {loss:.3f} | held-out accuracy "
           + " ".join(f"n={n} {a:.2f}" for n, a in enumerate(acc, 1)))
+
+
+def d_target(s, n):
+    """Step count of D_n's 'real' side: n + 1, the paper's adjacent step [INFERRED alternative: N, the
+    student's best output, a larger gap for D to see at small n (--d_target=last)]."""
+    return n + 1 if s.cfg.d_target == "next" else s.N
+
+
+def asd_alpha(cfg, n):
+    """The ASD weight at exit step n: --alpha, or the n-th entry of --alpha_n."""
+    return float(cfg.alpha_n.split(",")[n - 1]) if cfg.alpha_n else cfg.alpha
 
 
 def d_sigma(s, g):
@@ -478,6 +496,8 @@ def main(argv):
     cfg = M.parse_args(DistillConfig(), argv, PRESETS)
     if cfg.stage not in ("ode", "sf", "dprobe") or cfg.method not in ("dmd", "asd") or cfg.d_loss not in ("hinge", "rpgan"):
         sys.exit("error: --stage must be ode|sf|dprobe, --method dmd|asd, --d_loss hinge|rpgan")
+    if cfg.d_target not in ("next", "last") or (cfg.alpha_n and len(cfg.alpha_n.split(",")) != cfg.n_steps - 1):
+        sys.exit(f"error: --d_target must be next|last, --alpha_n needs n_steps - 1 = {cfg.n_steps - 1} comma-separated weights")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     kernels.USE_FLEX = cfg.flex     # kernels falls back to the SDPA reference where flex cannot run

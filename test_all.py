@@ -451,6 +451,17 @@ def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_block_level_head_scores_each_block_from_its_own_tokens():
+    torch.manual_seed(0)
+    head, B, T, D = distill.DHead(32, 4, taps=[1], n_logits=3, blocks=4), 2, 4 * 6, 32
+    feats = [torch.randn(B, T, D), torch.randn(B, T, D)]
+    out = head(feats)
+    assert out.shape == (B, 3, 4)
+    feats[1][:, 6:12] += torch.randn(B, 6, D)         # tokens of block 1 only
+    out2 = head(feats)
+    assert torch.equal(out[..., [0, 2, 3]], out2[..., [0, 2, 3]]) and not torch.allclose(out[..., 1], out2[..., 1])
+
+
 def test_discriminator_step_changes_only_the_head(tiny_run):
     s, ids, _ = _sf_state(tiny_run, "asd")
     g0, f0, h0 = snapshot(s.G), snapshot(s.fake), snapshot(s.head)
@@ -459,6 +470,13 @@ def test_discriminator_step_changes_only_the_head(tiny_run):
     distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
     assert not same(h0, snapshot(s.head))
     assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake))
+    s.cfg.d_blocks = True                             # one logit per frame block
+    s.head = distill.DHead(s.mc.dim, s.mc.heads, s.head.taps, s.N - 1, blocks=s.nb)
+    s.opt_d = torch.optim.AdamW(s.head.parameters(), lr=1e-2)
+    h1 = snapshot(s.head)
+    assert distill.d_logits(s.fake, s.head, x_n, distill.d_sigma(s, g), torch.randn_like(x_n), ids, 2).shape == (2, s.nb)
+    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
+    assert not same(h1, snapshot(s.head)) and same(f0, snapshot(s.fake))
     s.cfg.d_trunk = True                              # DMD2-style: the D loss trains the trunk as well
     f1 = snapshot(s.fake)
     distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
@@ -477,6 +495,10 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
     g1 = snapshot(s.G)
     assert "loss_asd" in distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(1))
     assert not same(g1, snapshot(s.G)) and same(f0, snapshot(s.fake)) and same(h0, snapshot(s.head))
+    s.cfg.alpha_n, s.cfg.d_target = "0.3,0,0", "last"   # per-n weights; D_n's real side from N steps
+    assert distill.d_target(s, 1) == s.N and distill.asd_alpha(s.cfg, 1) == 0.3
+    assert distill.generator_step(s, 1, ids, ids_u, torch.Generator().manual_seed(2))["g_asd"] > 0
+    assert distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(3))["g_asd"] == 0
 
 
 def test_fake_step_changes_only_the_fake_score(tiny_run):
