@@ -446,9 +446,13 @@ def stage_sf(cfg, rank, world, device, teacher, tok, tok_bytes, master):
 
 @torch.no_grad()
 def d_accuracy(s, n, x_n, x_n1, ids, g):
-    """Share of videos D_n classifies right (logit > 0 for the (n+1)-step side, < 0 for the n-step side)."""
+    """Share of videos D_n classifies right: logit > 0 for the (n+1)-step side and < 0 for the n-step
+    side (hinge); with the relativistic loss, whose logits only mean something in pairs, the share of
+    pairs where the (n+1)-step side scores higher."""
     feats_f, feats_r = d_features(s, x_n, x_n1, ids, g)
     real, fake = s.head(feats_r)[:, n - 1], s.head(feats_f)[:, n - 1]
+    if s.cfg.d_loss == "rpgan":
+        return (real > fake).float().mean().item()
     return ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2
 
 

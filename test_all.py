@@ -8,6 +8,7 @@ Scripts are run the way users run them (subprocess, `torchrun` for DDP) on the `
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -499,6 +500,16 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
     assert distill.d_target(s, 1) == s.N and distill.asd_alpha(s.cfg, 1) == 0.3
     assert distill.generator_step(s, 1, ids, ids_u, torch.Generator().manual_seed(2))["g_asd"] > 0
     assert distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(3))["g_asd"] == 0
+
+
+def test_dprobe_reports_held_out_accuracy_per_n(tiny_run, capsys):
+    tck = M.load_checkpoint(f"{tiny_run}/teacher_ema.pt", "teacher")
+    tch = M.build_model(tck).requires_grad_(False)
+    tok = data.Tokenizer(bytes(tck["tokenizer"].tolist()), max_len=tch.cfg.text_len)
+    cfg = distill.DistillConfig(init=f"{tiny_run}/ode.pt", batch=2, d_pair=True, d_loss="rpgan", d_target="last")
+    distill.stage_dprobe(cfg, 0, 1, torch.device("cpu"), tch, tok, b"", True, steps=4, n_train=4, n_test=4)
+    acc = [float(a) for a in re.findall(r"n=\d (\d\.\d\d)", capsys.readouterr().out)]
+    assert len(acc) == cfg.n_steps - 1 and all(a in (0.0, 0.25, 0.5, 0.75, 1.0) for a in acc)   # pairs of 4 videos
 
 
 def test_fake_step_changes_only_the_fake_score(tiny_run):
