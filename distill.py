@@ -5,6 +5,7 @@ Distill the teacher into a causal few-step student: ODE init, then Self Forcing 
     python distill.py --method=dmd                     # stage 2 baseline: Self Forcing + DMD
     python distill.py --method=asd                     # stage 2: + Adversarial Self-Distillation
     python distill.py --method=asd --d_pair=true --d_loss=rpgan   # D: n vs n+1 steps of one noise, relativistic
+    python distill.py --method=asd --d_pair=true --d_loss=rpgan --alpha_n=0.3,0.1,0.1   # + ASD weight per n
     python distill.py --resume=true --method=asd       # continue exactly after an interruption
     torchrun --standalone --nproc_per_node=2 distill.py --method=asd    # DDP (gloo on CPU)
     python distill.py --preset=gpu --teacher=out_gpu/teacher_ema.pt      # one GPU
