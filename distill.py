@@ -328,7 +328,8 @@ def generator_step(s, n, ids, ids_u, g):
         grad_asd, = torch.autograd.grad(l_asd, xd)
         # the two gradients live on unrelated scales (DMD's is divided by the number of pixels), so
         # by default alpha sets the ratio of their norms at x, as VQGAN's adaptive GAN weight does
-        weight = asd_alpha(cfg, n) * grad_x.norm() / grad_asd.norm().clamp_min(1e-12) if cfg.alpha_adaptive else asd_alpha(cfg, n)
+        a_n = asd_alpha(cfg, n)
+        weight = a_n * grad_x.norm() / grad_asd.norm().clamp_min(1e-12) if cfg.alpha_adaptive else a_n
         grad_x = grad_x + weight * grad_asd
         stats.update(loss_asd=l_asd.item(), g_asd=(weight * grad_asd).norm().item())
     x.backward(grad_x)        # = backward of L_DMD + alpha * L_ASD, one pass through the exits
