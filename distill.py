@@ -525,8 +525,7 @@ def main(argv):
               f": {cfg.steps} iterations of {cfg.batch} videos, {world} rank(s), device {device}")
     stage = dict(ode=stage_ode, sf=stage_sf, dprobe=stage_dprobe)[cfg.stage]
     stage(cfg, rank, world, device, teacher, tok, tok_bytes, master)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    M.teardown()
 
 
 if __name__ == "__main__":

@@ -416,6 +416,15 @@ def setup(device="auto", seed=0):
     return rank, world, torch.device(device), dtype
 
 
+def teardown():
+    """End DDP: wait for every rank (rank 0 may still be writing a checkpoint), then destroy the
+    process group (destroying it while a peer was still busy once aborted a gloo rank at exit:
+    'terminate called without an active exception')."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def broadcast_int(x, device):
     """A random choice that changes the graph (the exit step) must agree across ranks: rank 0's wins.
     A no-op without a process group."""

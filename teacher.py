@@ -266,8 +266,7 @@ def main(argv):
         minutes = (time.perf_counter() - t_start) / 60
         print(f"trained steps {start}-{end} in {minutes:.1f} min", file=log, flush=True)
         print(f"wrote {ck_path} and {os.path.join(cfg.out, 'teacher_ema.pt')} at step {end} ({minutes:.1f} min)")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    M.teardown()
 
 
 if __name__ == "__main__":

@@ -351,8 +351,7 @@ def _ddp_grads(rank, world, port, out):
         loss_t /= world
     if rank == 0:
         torch.save(dict(loss=loss_t, grads={n: p.grad for n, p in net.named_parameters()}), out)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    M.teardown()
 
 
 def test_ddp_two_ranks_equal_one_process_with_double_batch(tmp_path):
@@ -383,7 +382,7 @@ def _exit_steps(rank, world, port, out):
     mine = [random.Random(100 * rank + i).randint(1, 4) for i in range(20)]   # rank-dependent draws
     shared = [M.broadcast_int(n, torch.device("cpu")) for n in mine]
     torch.save(dict(mine=mine, shared=shared), f"{out}.{rank}")
-    torch.distributed.destroy_process_group()
+    M.teardown()
 
 
 def test_exit_step_identical_across_ranks(tmp_path):
