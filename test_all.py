@@ -433,12 +433,16 @@ def test_hinge_losses_textbook_values():
     assert distill.rpgan_d_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(np.log(2))
 
 
-def _sf_state(tiny_run, method):
+def _teacher_and_tokenizer(tiny_run):
     tck = M.load_checkpoint(f"{tiny_run}/teacher_ema.pt", "teacher")
     tch = M.build_model(tck).requires_grad_(False)
+    return tch, data.Tokenizer(bytes(tck["tokenizer"].tolist()), max_len=tch.cfg.text_len)
+
+
+def _sf_state(tiny_run, method):
+    tch, tok = _teacher_and_tokenizer(tiny_run)
     cfg = distill.DistillConfig(method=method, batch=2, lr_d=1e-2, lr_g=1e-3, lr_fake=1e-3)
     s = distill.build_sf(cfg, 1, torch.device("cpu"), tch, M.load_checkpoint(f"{tiny_run}/ode.pt", "student"))
-    tok = data.Tokenizer(bytes(tck["tokenizer"].tolist()), max_len=tch.cfg.text_len)
     ids, ids_u = distill.prompts(cfg, 0, 0, 2, tok, "cpu")
     return s, ids, ids_u
 
@@ -502,9 +506,7 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
 
 
 def test_dprobe_reports_held_out_accuracy_per_n(tiny_run, capsys):
-    tck = M.load_checkpoint(f"{tiny_run}/teacher_ema.pt", "teacher")
-    tch = M.build_model(tck).requires_grad_(False)
-    tok = data.Tokenizer(bytes(tck["tokenizer"].tolist()), max_len=tch.cfg.text_len)
+    tch, tok = _teacher_and_tokenizer(tiny_run)
     cfg = distill.DistillConfig(init=f"{tiny_run}/ode.pt", batch=2, d_pair=True, d_loss="rpgan", d_target="last")
     distill.stage_dprobe(cfg, 0, 1, torch.device("cpu"), tch, tok, b"", True, steps=4, n_train=4, n_test=4)
     acc = [float(a) for a in re.findall(r"n=\d (\d\.\d\d)", capsys.readouterr().out)]
