@@ -599,7 +599,8 @@ def cli_compare(cfg):
 
 def cli_table(cfg):
     """The README's results table, one row per result JSON (Total/Quality/Semantic with 95% bootstrap CIs
-    over videos, FVD-synth +- SD with its floor, late/early per-frame FD ratio, held-out joint accuracy)."""
+    over videos, FVD-synth +- SD with its floor, late/early per-frame FD ratio, held-out joint accuracy), then
+    the raw semantic accuracies and the step-to-step x0 similarity per frame block (the paper's Figure 2)."""
     print("| model | steps | Total | Quality | Semantic | FVD-synth (floor) | late/early FD | direction | held-out joint |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in cfg.table.split(","):
@@ -611,6 +612,17 @@ def cli_table(cfg):
         print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {ci('total')} | {ci('quality')} | {ci('semantic')} | "
               f"{fv['fd']:.1f} ± {fv['boot_sd']:.1f} ({fv['floor']:.1f}) | {s['late_early']['fd_frame']:.2f} | "
               f"{s['dimensions']['direction']['raw']:.3f} | {r['heldout']['joint']['model']:.3f} |")
+    print("\n| model | steps | raw shape / colour / direction | held-out direction | step-to-step x0 similarity of the "
+          "4-step chain per block (mean off-diagonal; first vs last step) |\n|---|---|---|---|---|")
+    seen = set()   # the similarity belongs to the checkpoint, not the step setting: shown once per checkpoint
+    for path in cfg.table.split(","):
+        r = json.load(open(path))
+        d, sims = r["scores"]["dimensions"], r["similarity"]["blocks"] if r.get("similarity") and r["ckpt"] not in seen else []
+        seen.add(r["ckpt"])
+        off = lambda m: (np.sum(m) - np.trace(m)) / (len(m) ** 2 - len(m))
+        sim = " / ".join(f"{off(np.array(m)):.3f}" for m in sims) + "; " + " / ".join(f"{m[0][-1]:.2f}" for m in sims) if sims else "-"
+        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {d['shape']['raw']:.3f} / {d['colour']['raw']:.3f} / "
+              f"{d['direction']['raw']:.3f} | {r['heldout']['direction']['model']:.3f} | {sim} |")
 
 
 def long_curves(ev, ck, prompts, frames, args):

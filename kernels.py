@@ -187,6 +187,7 @@ def benchmark(ckpt, threads):
     G = G_eager
     print(f"  torch.compile(student), 1 step: eager {t_e:.1f} ms, compiled {t_c:.1f} ms, speed-up {t_e / t_c:.2f}x | "
           f"max rel. diff {((a_ - b_).abs().max() / b_.abs().max()).item():.1e} | compile ~{compile_s:.0f} s")
+    row("1  step, compiled (sample.py --compile=true)", t_c, B * rollout_flops(mc, M.block_schedules(nb, 1, 0, sig4)))
     # -- 3. streaming past the trained length with the rolling cache, and against no cache --
     fpb = mc.frames_per_block
     window, long = mc.frames - fpb, 4 * mc.frames

@@ -559,6 +559,15 @@ def test_sample_writes_videos_with_ffe_labels(tmp_path, tiny_run):
     assert (tmp_path / "sample_teacher4.png").exists()
 
 
+def test_sample_compiled_equals_eager(tmp_path, tiny_run):
+    import imageio.v3 as iio
+    common = ["sample.py", f"--ckpt={tiny_run}/asd_ema.pt", "--n=2", "--steps=1", "--ffe=false"]
+    run(common + [f"--out={tmp_path / 'eager'}"])
+    run(common + [f"--out={tmp_path / 'compiled'}", "--compile=true"])
+    a, b = (iio.imread(tmp_path / d / "sample_1.png").astype(int) for d in ("eager", "compiled"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1 and a.std() > 5, np.abs(a - b).max()   # uint8 rounding
+
+
 @pytest.mark.parametrize("args,message", [
     (["sample.py", "--bogus=1"], "unknown option --bogus"),
     (["sample.py", "--steps=two"], "not a valid int"),
@@ -828,6 +837,11 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
     run_eval(common + ["--steps=2", "--ffe=false"])
     p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'student_2.json'}"])
     assert "95% CI" in p.stdout and "total" in p.stdout and "FVD-synth b - a (paired)" in p.stdout
+    p = run_eval([f"--table={tmp_path / 'student_1star.json'},{tmp_path / 'student_2.json'}"])
+    rows = [l for l in p.stdout.splitlines() if l.startswith("| student.pt")]
+    assert len(rows) == 4 and f"{np.mean(r['scores']['per_video']['total']):.3f} ±" in rows[0], p.stdout
+    m = np.array(r["similarity"]["blocks"][3])                       # block 3's mean off-diagonal similarity
+    assert f"{(m.sum() - np.trace(m)) / 12:.3f}; " in rows[2], (rows[2], m)
     other = json.load(open(tmp_path / "student_2.json"))           # scored against another world: refused
     other["world"]["centred"] = not other["world"]["centred"]
     json.dump(other, open(tmp_path / "other.json", "w"))
