@@ -352,6 +352,16 @@ def _ddp_grads(rank, world, port, out):
     if rank == 0:
         torch.save(dict(loss=loss_t, grads={n: p.grad for n, p in net.named_parameters()}), out)
     M.teardown()
+    if world > 1:
+        _exit_child()
+
+
+def _exit_child():
+    """End a spawned rank without the interpreter's shutdown: there gloo's threads were, rarely, destroyed
+    while still joinable ('terminate called without an active exception', SIGABRT) after the rank's work
+    was done and saved. Only the spawned test workers do this; the scripts end with model.teardown()."""
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def test_ddp_two_ranks_equal_one_process_with_double_batch(tmp_path):
@@ -383,6 +393,7 @@ def _exit_steps(rank, world, port, out):
     shared = [M.broadcast_int(n, torch.device("cpu")) for n in mine]
     torch.save(dict(mine=mine, shared=shared), f"{out}.{rank}")
     M.teardown()
+    _exit_child()
 
 
 def test_exit_step_identical_across_ranks(tmp_path):
