@@ -603,10 +603,11 @@ def cli_table(cfg):
     the raw semantic accuracies and the step-to-step x0 similarity per frame block (the paper's Figure 2)."""
     print("| model | steps | Total | Quality | Semantic | FVD-synth (floor) | late/early FD | direction | held-out joint |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in cfg.table.split(","):
-        if not os.path.exists(path):
-            sys.exit(f"error: --table: no result JSON {path}")
-        r = json.load(open(path))
+    missing = [p for p in cfg.table.split(",") if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"error: --table: no result JSON {missing[0]}")
+    rs = [json.load(open(p)) for p in cfg.table.split(",")]
+    for r in rs:
         s, v, fv = r["scores"], r["scores"]["per_video"], r["scores"]["fvd_synth"]
         ci = lambda k: f"{np.mean(v[k]):.3f} ± {1.96 * np.std(v[k]) / np.sqrt(len(v[k])):.3f}"
         print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {ci('total')} | {ci('quality')} | {ci('semantic')} | "
@@ -614,12 +615,10 @@ def cli_table(cfg):
               f"{s['dimensions']['direction']['raw']:.3f} | {r['heldout']['joint']['model']:.3f} |")
     print("\n| model | steps | raw shape / colour / direction | held-out direction | step-to-step x0 similarity of the "
           "4-step chain per block (mean off-diagonal; first vs last step) |\n|---|---|---|---|---|")
-    seen = set()   # the similarity belongs to the checkpoint, not the step setting: shown once per checkpoint
-    for path in cfg.table.split(","):
-        r = json.load(open(path))
+    seen, off = set(), lambda m: (np.sum(m) - np.trace(m)) / (len(m) ** 2 - len(m))   # mean off-diagonal
+    for r in rs:   # the similarity belongs to the checkpoint, not the step setting: shown once per checkpoint
         d, sims = r["scores"]["dimensions"], r["similarity"]["blocks"] if r.get("similarity") and r["ckpt"] not in seen else []
         seen.add(r["ckpt"])
-        off = lambda m: (np.sum(m) - np.trace(m)) / (len(m) ** 2 - len(m))
         sim = " / ".join(f"{off(np.array(m)):.3f}" for m in sims) + "; " + " / ".join(f"{m[0][-1]:.2f}" for m in sims) if sims else "-"
         print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {d['shape']['raw']:.3f} / {d['colour']['raw']:.3f} / "
               f"{d['direction']['raw']:.3f} | {r['heldout']['direction']['model']:.3f} | {sim} |")

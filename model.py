@@ -416,6 +416,12 @@ def setup(device="auto", seed=0):
     return rank, world, torch.device(device), dtype
 
 
+def compile_sampler(net):
+    """torch.compile a network for KV-cached rollouts: one graph per cache length (~10 per rollout)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    return torch.compile(net, dynamic=False)
+
+
 def teardown():
     """End DDP: wait for every rank (rank 0 may still be writing a checkpoint), then destroy the
     process group (destroying it while a peer was still busy once aborted a gloo rank at exit:

@@ -63,9 +63,8 @@ def main(argv):
     _, _, device, _ = M.setup(cfg.device, cfg.seed)
     net = M.build_model(ck).to(device).eval()
     mc = net.cfg
-    if cfg.compile:   # one graph per KV-cache length, so allow the ~10 recompiles of a rollout
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-        net = torch.compile(net, dynamic=False)
+    if cfg.compile:
+        net = M.compile_sampler(net)
     tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=mc.text_len)
     if cfg.prompt.strip() == "" and "--prompt" in " ".join(argv):
         sys.exit("error: --prompt is empty; give a caption such as 'a red circle moving left on a dark background'")
