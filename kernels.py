@@ -34,10 +34,31 @@ def rope(x, cos, sin):
 
 
 # -----------------------------------------------------------------------------
+# constant tables, memoised
+
+def eager_memo(fn):
+    """Memoise a constant table per argument tuple when running eagerly (rebuilding the position
+    tables every forward cost ~5% of a batch-1 streaming rollout); under torch.compile the table
+    is traced and folded into the graph as before (dynamo warns about functools.lru_cache)."""
+    tables = {}
+
+    @functools.wraps(fn)
+    def memo(*args):
+        if torch.compiler.is_compiling():
+            return fn(*args)
+        if args not in tables:
+            if len(tables) >= 1024:   # long streams: one entry per frame offset
+                tables.clear()
+            tables[args] = fn(*args)
+        return tables[args]
+    return memo
+
+
+# -----------------------------------------------------------------------------
 # block-causal attention: token i of block b attends to every token of blocks <= b
 
 
-@functools.lru_cache(maxsize=16)
+@eager_memo
 def block_causal_mask(length, tokens_per_block, device="cpu"):
     """Dense boolean mask (L, L) for the reference path; True = may attend."""
     blk = torch.arange(length, device=device) // tokens_per_block
@@ -114,9 +135,10 @@ def dit_flops(cfg, q_frames, k_frames, text_len):
 
 
 def rollout_flops(cfg, schedules):
-    """FLOPs of model.rollout for one video: per block, its denoising forwards and one commit pass."""
-    fpb = cfg.frames_per_block
-    return sum((len(sched) + 1) * dit_flops(cfg, fpb, (b + 1) * fpb, cfg.text_len) for b, sched in enumerate(schedules))
+    """FLOPs of model.rollout for one video: per block, its denoising forwards and one commit pass
+    (none after the last block)."""
+    fpb, nb = cfg.frames_per_block, len(schedules)
+    return sum((len(sched) + (b < nb - 1)) * dit_flops(cfg, fpb, (b + 1) * fpb, cfg.text_len) for b, sched in enumerate(schedules))
 
 
 def benchmark(ckpt, threads):
@@ -146,6 +168,22 @@ def benchmark(ckpt, threads):
     t_comp = _bench(lambda: train_step(cnet), 10, warm=5)
     row("eager", t_eager, fl), row("torch.compile(net)", t_comp, fl)
     print(f"  compiled / eager speed-up {t_eager / t_comp:.2f}x")
+    # where the compiled step's time goes (profiler self time per op): the matmuls' own share of peak
+    # bounds what the whole step can reach; attention = score and value FLOPs (self + cross)
+    from torch.profiler import profile
+    with profile() as prof:
+        for _ in range(3):
+            train_step(cnet)
+    ms = {"matmul": 0.0, "attention": 0.0, "elementwise and overhead": 0.0}
+    for e in prof.key_averages():
+        kind = "matmul" if e.key in ("aten::mm", "aten::addmm", "aten::bmm") else \
+            "attention" if "scaled_dot_product" in e.key else "elementwise and overhead"
+        ms[kind] += e.self_cpu_time_total / 3e3
+    n_tok = tcfg.frames * (tcfg.size // tcfg.patch) ** 2
+    attn = 3 * 8 * 2 * tcfg.depth * n_tok * 2 * tcfg.dim * (n_tok + tcfg.text_len)
+    print("  compiled step by op kind (torch.profiler): " + " | ".join(
+        f"{k} {v:.0f} ms" + (f" ({f / v / 1e6 / peak * 1e9 * 100:.0f}% of peak)" if f else "")
+        for (k, v), f in zip(ms.items(), (fl - attn, attn, 0))))
     # -- 2. few-step sampling from the shipped student: steps, FFE, latency, compiled elementwise ops --
     ck = M.load_checkpoint(ckpt, "student")
     G = M.build_model(ck).eval()
@@ -164,7 +202,8 @@ def benchmark(ckpt, threads):
         t = _bench(lambda: sample(n, ffe), 3)
         fps[lab] = B * mc.frames / t * 1e3
         row(f"{lab:2s} steps: {fps[lab]:7.0f} frames/s", t, B * rollout_flops(mc, M.block_schedules(nb, n, ffe, sig4)))
-    print(f"  1-step / 4-step throughput {fps['1'] / fps['4']:.2f}x (ceiling 2.5x with one commit pass per block) | "
+    fwd1, fwd4 = 2 * nb - 1, 5 * nb - 1      # forwards per rollout: steps per block + a commit after all but the last
+    print(f"  1-step / 4-step throughput {fps['1'] / fps['4']:.2f}x (ceiling ~{fwd4 / fwd1:.2f}x = {fwd4} / {fwd1} forwards) | "
           f"1* / 4 {fps['1*'] / fps['4']:.2f}x | 2 / 4 {fps['2'] / fps['4']:.2f}x")
     first = {}
     for lab, n, ffe in [("1", 1, 0), ("1*", 1, 4), ("4", 4, 0)]:
@@ -173,11 +212,11 @@ def benchmark(ckpt, threads):
             M.rollout(G, noise[:1], idsB[:1], M.block_schedules(nb, n, ffe, sig4),
                       on_block=lambda b, x: first.setdefault(lab, time.perf_counter() - t0))
     print("  latency to the first frame (batch 1): " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in first.items()))
-    # the whole student compiled (one graph per context length: recompiles up to ~10 times);
-    # sample() reads G when called, so rebinding G switches it between eager and compiled
+    # the whole student compiled (a few graphs: shapes that change turn symbolic on recompiling);
+    # sample() and no_cache() read G when called, so rebinding G switches it between eager and compiled
     G_eager, t_e = G, _bench(lambda: sample(1, 0), 3)
     t0 = time.perf_counter()
-    G = M.compile_sampler(G_eager)   # what sample.py --compile=true runs
+    G = G_comp = M.compile_sampler(G_eager)   # what sample.py --compile=true runs
     t_c = _bench(lambda: sample(1, 0), 3, warm=2)
     compile_s = time.perf_counter() - t0 - 5 * t_c / 1e3
     with torch.no_grad():
@@ -210,10 +249,13 @@ def benchmark(ckpt, threads):
                 s_ = torch.zeros(1, (b + 1) * fpb)
                 s_[:, -fpb:] = sig4[0]
                 x[:, b * fpb:(b + 1) * fpb] = M.v_to_x0(sl, G(sl, s_, idsB[:1]), s_)[:, -fpb:]
-    for frames in (mc.frames, 64):
+    for frames, lab, G in ((mc.frames, "eager", G_eager), (64, "eager", G_eager), (64, "compiled", G_comp)):
+        if lab == "compiled":   # first calls compile (automatic dynamic shapes: a few graphs each)
+            sample(1, 0, b=1, frames=frames, window=window), no_cache(frames)
         t_cache = _bench(lambda: sample(1, 0, b=1, frames=frames, window=window if frames > mc.frames else 0), 2)
         t_none = _bench(lambda: no_cache(frames), 1)
-        print(f"  {frames} frames: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | recompute prefix {t_none:8.1f} ms | speed-up {t_none / t_cache:5.1f}x")
+        print(f"  {frames} frames, {lab:8s}: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | "
+              f"recompute prefix {t_none:8.1f} ms | speed-up {t_none / t_cache:5.1f}x")
     # -- 4. attention kernels: flex vs SDPA (tiny shapes) --
     print("4. attention kernels, tiny shapes, batch 8")
     B, H, L, hd, tpb = 8, 4, 512, 32, 128

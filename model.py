@@ -91,6 +91,7 @@ def sinusoidal(x, dim):
     return torch.cat([ang.cos(), ang.sin()], dim=-1)
 
 
+@kernels.eager_memo
 def abs_positions(frames, rows, cols, dim, frame_start=0, device="cpu"):
     """Fixed sinusoidal (frame, row, col) embeddings added to the tokens, (F*h*w, dim). RoPE alone
     scores (time, space) offsets as a sum of separate terms, so 'the object moved v*dt pixels in dt
@@ -104,6 +105,7 @@ def abs_positions(frames, rows, cols, dim, frame_start=0, device="cpu"):
     return F.pad(pe, (0, dim - 3 * d))
 
 
+@kernels.eager_memo
 def rope_tables(frames, rows, cols, head_dim, frame_start=0, device="cpu"):
     """cos/sin (frames*rows*cols, head_dim/2) of 3-D RoPE: the head dim is split between frame,
     row and column as in Wan (time gets the remainder)."""
@@ -300,7 +302,8 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
     noise (B, F, C, H, W) with F a multiple of frames_per_block (may exceed the trained length when
     a rolling `window` of frames is set). Per block: denoise through its schedule, predicting x0 and
     re-noising it to the next sigma with fresh noise; the last forward is the block's exit and keeps
-    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V.
+    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V
+    (skipped after the last block).
     Returns x0 (B, F, C, H, W), and with trace=True also [block][step] -> x0 predictions.
     on_block(b, x0) is called as soon as block b is denoised (streaming display, latency)."""
     fpb, B = G.cfg.frames_per_block, noise.shape[0]
@@ -322,6 +325,8 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
         outs.append(x0)
         if on_block:
             on_block(b, x0)
+        if b == len(schedules) - 1:                        # no later block reads the last one's K/V
+            break
         with torch.no_grad():                              # commit: clean K/V of this block at sigma=0
             cache.write = True
             G(x0.detach(), torch.zeros(B, fpb, device=noise.device), text, cache=cache)
@@ -417,9 +422,11 @@ def setup(device="auto", seed=0):
 
 
 def compile_sampler(net):
-    """torch.compile a network for KV-cached rollouts: one graph per cache length (~10 per rollout)."""
+    """torch.compile a network for KV-cached rollouts. Automatic dynamic shapes: the batch, cache
+    length and frame offset turn symbolic once they change, so a few graphs serve a stream of any
+    length (dynamic=False compiled one graph per offset and fell back to eager past 32 of them)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    return torch.compile(net, dynamic=False)
+    return torch.compile(net)
 
 
 def teardown():

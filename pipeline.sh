@@ -8,9 +8,10 @@
 # the results table to $O/results.md. Nothing here is read from ckpt/: it starts from nothing.
 # Two choices differ from the scripts' defaults, both measured in the README: the teacher trains
 # 5000 steps (not 3000: direction 0.96 vs 0.78, shape 0.43 vs 0.38), and ASD's discriminator
-# compares the n- and (n+1)-step outputs of one noise with the relativistic loss, weighted per n.
+# compares the n- and (n+1)-step outputs of one noise with the relativistic loss, weighted per n,
+# on inputs noised at sigma <= shift(0.1) (ASD_FLAGS without --d_sigma_max=0.1: the pipeline of 7d80ac7).
 TEACHER_STEPS=${TEACHER_STEPS:-5000}
-ASD_FLAGS=${ASD_FLAGS---d_pair=true --d_loss=rpgan --alpha_n=0.3,0.1,0.1}
+ASD_FLAGS=${ASD_FLAGS---d_pair=true --d_loss=rpgan --alpha_n=0.3,0.1,0.1 --d_sigma_max=0.1}
 set -euo pipefail
 cd "$(dirname "$0")"
 O=${O:-out/pipeline}
