@@ -236,7 +236,7 @@ def benchmark(ckpt, threads):
             stamps = [time.perf_counter()]
             M.rollout(G, torch.randn(1, long, 3, mc.size, mc.size), idsB[:1], M.block_schedules(long // fpb, 1, 0, sig4),
                       window=window, on_block=lambda b, x: stamps.append(time.perf_counter()))
-            times.append(torch.tensor(stamps).diff())
+            times.append(torch.tensor(stamps, dtype=torch.float64).diff())   # float32 would round to 8 ms
     per_block = torch.stack(times).median(0).values * 1e3   # ms per block (denoise + commit of the previous)
     print(f"  per-frame latency: frame {fpb} {per_block[1] / fpb:.2f} ms | last frame {per_block[-1] / fpb:.2f} ms | "
           f"ratio {per_block[-1] / per_block[1]:.2f}x")

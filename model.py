@@ -302,8 +302,8 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
     noise (B, F, C, H, W) with F a multiple of frames_per_block (may exceed the trained length when
     a rolling `window` of frames is set). Per block: denoise through its schedule, predicting x0 and
     re-noising it to the next sigma with fresh noise; the last forward is the block's exit and keeps
-    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V
-    (skipped after the last block).
+    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V (none
+    after the last block: nothing reads it).
     Returns x0 (B, F, C, H, W), and with trace=True also [block][step] -> x0 predictions.
     on_block(b, x0) is called as soon as block b is denoised (streaming display, latency)."""
     fpb, B = G.cfg.frames_per_block, noise.shape[0]
@@ -325,7 +325,7 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
         outs.append(x0)
         if on_block:
             on_block(b, x0)
-        if b == len(schedules) - 1:                        # no later block reads the last one's K/V
+        if b == len(schedules) - 1:
             break
         with torch.no_grad():                              # commit: clean K/V of this block at sigma=0
             cache.write = True
@@ -422,9 +422,8 @@ def setup(device="auto", seed=0):
 
 
 def compile_sampler(net):
-    """torch.compile a network for KV-cached rollouts. Automatic dynamic shapes: the batch, cache
-    length and frame offset turn symbolic once they change, so a few graphs serve a stream of any
-    length (dynamic=False compiled one graph per offset and fell back to eager past 32 of them)."""
+    """torch.compile for KV-cached rollouts; automatic dynamic shapes (batch, cache length and frame
+    offset turn symbolic once they change) let a few graphs serve a stream of any length."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     return torch.compile(net)
 
