@@ -44,8 +44,8 @@ def eager_memo(fn):
 
     @functools.wraps(fn)
     def memo(*args):
-        if torch.compiler.is_compiling():
-            return fn(*args)
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():   # (inference tensors:
+            return fn(*args)                                                  # no later autograd use)
         if args not in tables:
             if len(tables) >= 1024:   # long streams: one entry per frame offset
                 tables.clear()
@@ -184,7 +184,7 @@ def benchmark(ckpt, threads):
     print("  compiled step by op kind (torch.profiler): " + " | ".join(
         f"{k} {v:.0f} ms" + (f" ({f / v / 1e6 / peak * 1e9 * 100:.0f}% of peak)" if f else "")
         for (k, v), f in zip(ms.items(), (fl - attn, attn, 0))))
-    # -- 2. few-step sampling from the shipped student: steps, FFE, latency, compiled elementwise ops --
+    # -- 2. few-step sampling from the shipped student: steps, FFE, latency, the compiled sampler --
     ck = M.load_checkpoint(ckpt, "student")
     G = M.build_model(ck).eval()
     mc, nb = G.cfg, G.cfg.frames // G.cfg.frames_per_block
