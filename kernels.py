@@ -251,7 +251,8 @@ def benchmark(ckpt, threads):
                 x[:, b * fpb:(b + 1) * fpb] = M.v_to_x0(sl, G(sl, s_, idsB[:1]), s_)[:, -fpb:]
     for frames, lab, G in ((mc.frames, "eager", G_eager), (64, "eager", G_eager), (64, "compiled", G_comp)):
         if lab == "compiled":   # first calls compile (automatic dynamic shapes: a few graphs each)
-            sample(1, 0, b=1, frames=frames, window=window), no_cache(frames)
+            sample(1, 0, b=1, frames=frames, window=window)
+            no_cache(frames)
         t_cache = _bench(lambda: sample(1, 0, b=1, frames=frames, window=window if frames > mc.frames else 0), 2)
         t_none = _bench(lambda: no_cache(frames), 1)
         print(f"  {frames} frames, {lab:8s}: KV cache{' (rolling)' if frames > mc.frames else ''} {t_cache:8.1f} ms | "
