@@ -176,7 +176,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.cross = Attention(dim, heads), Attention(dim, heads, cross=True)
         self.norm_cross = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), kernels.GELUTanh(),
                                  nn.Linear(mlp_ratio * dim, dim))
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight), nn.init.zeros_(self.ada.bias)   # every block starts as identity
@@ -198,6 +198,11 @@ class DiT(nn.Module):
         self.cfg = cfg
         D, p = cfg.dim, cfg.patch
         self.grid = cfg.size // p                                                 # patches per side
+        # position tables of the trained frames as buffers (not saved): constants under torch.compile,
+        # whose backward otherwise recomputed RoPE's cos / sin per element (7% of a training step)
+        self.register_buffer("pos_table", abs_positions(cfg.frames, self.grid, self.grid, D), persistent=False)
+        cos, sin = rope_tables(cfg.frames, self.grid, self.grid, D // cfg.heads)
+        self.register_buffer("rope_cos", cos, persistent=False), self.register_buffer("rope_sin", sin, persistent=False)
         self.patch_in = nn.Linear(cfg.channels * p * p, D)
         self.t_embed = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         # caption encoder: token + position embeddings, a small transformer, a pooled vector
@@ -234,10 +239,16 @@ class DiT(nn.Module):
         # frames (frames 8..31 at their own positions made the rolling rollout dissolve into noise);
         # RoPE keeps the true frame offsets
         pos = min(start, cfg.frames - Fr) if cache is not None else start
-        h = self.patch_in(tokens) + abs_positions(Fr, g, g, cfg.dim, pos, x.device)     # (B, F*N, D)
+        rows = lambda t, f: t[f * g * g:(f + Fr) * g * g]                       # frames f..f+Fr-1 of a table
+        trained = lambda f: f + Fr <= cfg.frames                                  # within the buffers
+        pe = rows(self.pos_table, pos) if trained(pos) else abs_positions(Fr, g, g, cfg.dim, pos, x.device)
+        h = self.patch_in(tokens) + pe                                            # (B, F*N, D)
+        rope = None
+        if cfg.rope:
+            rope = (rows(self.rope_cos, start), rows(self.rope_sin, start)) if trained(start) else \
+                rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device)
         ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
         c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
-        rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device) if cfg.rope else None
         feats = []
         for i, block in enumerate(self.blocks):
             if cache is not None:

@@ -243,6 +243,23 @@ def test_rope_rotates_pairs():
     assert torch.allclose(kernels.rope(q, torch.ones(64, 8), torch.zeros(64, 8)), q)    # angle 0: identity
 
 
+def test_position_buffers_and_gelu_forms_equal_their_references():
+    net = random_dit(causal=True, frames_per_block=1)
+    cfg, g, n = net.cfg, net.grid, net.grid ** 2
+    for f in range(cfg.frames):                    # the buffers hold the tables of the trained frames
+        cos, sin = M.rope_tables(1, g, g, cfg.dim // cfg.heads, f)
+        assert torch.equal(net.rope_cos[f * n:(f + 1) * n], cos) and torch.equal(net.rope_sin[f * n:(f + 1) * n], sin)
+    assert torch.equal(net.pos_table, M.abs_positions(cfg.frames, g, g, cfg.dim))
+    assert "pos_table" not in net.state_dict()     # not saved: old checkpoints load as before
+    long = net(torch.randn(1, 2 * cfg.frames, 3, 16, 16), torch.rand(1, 2 * cfg.frames), ids_for(1))
+    assert long.shape[1] == 2 * cfg.frames         # past the buffers: tables built per call
+    x = (torch.randn(1000) * 4).requires_grad_(True)
+    a, b = kernels.gelu_sigmoid_form(x), F.gelu(x, approximate="tanh")
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    assert (a - b).abs().max() < 1e-5 and (ga - gb).abs().max() < 1e-5
+
+
 def test_cache_attention_equals_masked_attention():
     q, k, v = (torch.randn(1, 2, 96, 16) for _ in range(3))
     full = kernels.block_causal_attention_ref(q, k, v, 32)
