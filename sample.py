@@ -36,7 +36,7 @@ class SampleConfig:
     out: str = "out/samples"        # output folder
     fps: int = 8                    # frames per second of the mp4 / gif
     device: str = "auto"            # auto | cpu | cuda | mps
-    compile: bool = False           # torch.compile the network: ~1.25x on large batches, ~1.7x streaming at batch 1, after a compile of 10 s to minutes
+    compile: bool = False           # torch.compile the network: ~1.5x on large batches, ~1.7x streaming at batch 1, after a compile of 10 s to minutes
 
 
 def to_uint8(video):
