@@ -160,7 +160,7 @@ class Attention(nn.Module):
         k, v = self.kv(src).view(B, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.cross:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
+            o = kernels.cross_attention(q, k, v, ctx_mask)
         else:
             if rope is not None:
                 q, k = kernels.rope(q, *rope), kernels.rope(k, *rope)

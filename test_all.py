@@ -260,6 +260,17 @@ def test_position_buffers_and_gelu_forms_equal_their_references():
     assert (a - b).abs().max() < 1e-5 and (ga - gb).abs().max() < 1e-5
 
 
+def test_cross_attention_written_out_equals_sdpa():
+    q, k, v = (torch.randn(2, 2, 40, 16, requires_grad=True) for _ in range(3))
+    k, v = k[:, :, :6], v[:, :, :6]
+    mask = torch.tensor([[True] * 6, [True] * 2 + [False] * 4])     # the second caption has 2 real tokens
+    outs = [f(q, k, v, mask) for f in (kernels.cross_attention_written_out, kernels.cross_attention)]
+    grads = [torch.autograd.grad((o * o).sum(), (q, k, v)) for o in outs]
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+    assert rel(*outs) < 1e-5 and all(rel(a, b) < 1e-5 for a, b in zip(*grads))
+    assert grads[0][1][1, :, 2:].abs().max() == 0                  # padding tokens get no gradient
+
+
 def test_cache_attention_equals_masked_attention():
     q, k, v = (torch.randn(1, 2, 96, 16) for _ in range(3))
     full = kernels.block_causal_attention_ref(q, k, v, 32)
