@@ -8,6 +8,7 @@ Fast paths for model.py, each beside the plain reference it must equal (test_all
   reference; the choice is made at call time from the device and whether a gradient is needed.
 - KV-cache attention: queries of the block being denoised against [committed context, own block];
   no mask is needed since a block sees all earlier blocks and itself.
+- caption cross-attention: SDPA, or written out under torch.compile on CPU (the compiler fuses it).
 - elementwise ops (LayerNorm + adaLN modulation, rotary embedding, GELU), plain: torch.compile of
   the whole network fuses them (teacher.py --compile, sample.py --compile); GELU takes an equal
   form there that compiles faster on CPU.
@@ -237,9 +238,12 @@ def benchmark(ckpt, threads):
         G, noise[:b, :frames] if frames <= mc.frames else torch.randn(b, frames, 3, mc.size, mc.size),
         idsB[:b], M.block_schedules(frames // mc.frames_per_block, n, ffe, sig4), window=window)
     print(f"2. sampling the student ({ckpt}), batch {B} x {mc.frames} frames, KV cache; FLOPs counted per rollout")
-    fps = {}
-    for n, ffe, lab in [(4, 0, "4"), (2, 4, "2*"), (2, 0, "2"), (1, 4, "1*"), (1, 0, "1")]:
-        t = _bench(lambda: sample(n, ffe), 3)
+    settings, ts, fps = [(4, 0, "4"), (2, 4, "2*"), (2, 0, "2"), (1, 4, "1*"), (1, 0, "1")], {}, {}
+    for r in range(3):   # rounds over the settings, medians (the ratios compare times taken side by side)
+        for n, ffe, lab in settings:
+            ts.setdefault(lab, []).append(_bench(lambda: sample(n, ffe), 1, warm=int(r == 0)))
+    for n, ffe, lab in settings:
+        t = sorted(ts[lab])[1]
         fps[lab] = B * mc.frames / t * 1e3
         row(f"{lab:2s} steps: {fps[lab]:7.0f} frames/s", t, B * rollout_flops(mc, M.block_schedules(nb, n, ffe, sig4)))
     fwd1, fwd4 = 2 * nb - 1, 5 * nb - 1      # forwards per rollout: steps per block + a commit after all but the last
@@ -254,11 +258,15 @@ def benchmark(ckpt, threads):
     print("  latency to the first frame (batch 1): " + " | ".join(f"{k} {v * 1e3:.1f} ms" for k, v in first.items()))
     # the whole student compiled (a few graphs: shapes that change turn symbolic on recompiling);
     # sample() and no_cache() read G when called, so rebinding G switches it between eager and compiled
-    G_eager, t_e = G, _bench(lambda: sample(1, 0), 3)
-    t0 = time.perf_counter()
+    G_eager, t0 = G, time.perf_counter()
     G = G_comp = M.compile_sampler(G_eager)   # what sample.py --compile=true runs
-    t_c = _bench(lambda: sample(1, 0), 3, warm=2)
-    compile_s = time.perf_counter() - t0 - 5 * t_c / 1e3
+    sample(1, 0), sample(1, 0)                # compiles
+    compile_s, ts = time.perf_counter() - t0, ([], [])
+    for _ in range(5):                        # eager and compiled alternated, medians
+        for t_, G in zip(ts, (G_eager, G_comp)):
+            t_.append(_bench(lambda: sample(1, 0), 1, warm=0))
+    t_e, t_c = (sorted(t_)[2] for t_ in ts)
+    compile_s -= 2 * t_c / 1e3
     with torch.no_grad():
         a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
         b_ = M.rollout(G_eager, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
