@@ -126,6 +126,7 @@ def cross_attention(q, k, v, mask):
 
 
 def cross_attention_written_out(q, k, v, mask):
+    # (every caption starts with BOS, so no row is all masked: no -inf-only softmax)
     s = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     return s.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1) @ v
 
