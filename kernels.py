@@ -262,11 +262,11 @@ def benchmark(ckpt, threads):
     G_eager, t0 = G, time.perf_counter()
     G = G_comp = M.compile_sampler(G_eager)   # what sample.py --compile=true runs
     sample(1, 0), sample(1, 0)                # compiles
-    compile_s, ts = time.perf_counter() - t0, ([], [])
+    compile_s, eager_ms, comp_ms = time.perf_counter() - t0, [], []
     for _ in range(5):                        # eager and compiled alternated, medians
-        for t_, G in zip(ts, (G_eager, G_comp)):
-            t_.append(_bench(lambda: sample(1, 0), 1, warm=0))
-    t_e, t_c = (sorted(t_)[2] for t_ in ts)
+        for times, G in ((eager_ms, G_eager), (comp_ms, G_comp)):
+            times.append(_bench(lambda: sample(1, 0), 1, warm=0))
+    t_e, t_c = sorted(eager_ms)[2], sorted(comp_ms)[2]
     compile_s -= 2 * t_c / 1e3
     with torch.no_grad():
         a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
