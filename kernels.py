@@ -188,7 +188,8 @@ def benchmark(ckpt, threads):
     x0, eps, ids = torch.randn(8, tcfg.frames, 3, 32, 32), torch.randn(8, tcfg.frames, 3, 32, 32), torch.randint(3, 30, (8, tcfg.text_len))
     sig = torch.rand(8)
 
-    def train_step(f):
+    def train_step(f):   # as in teacher.py: gradients set to None, then one backward (no accumulation)
+        net.zero_grad(set_to_none=True)
         teacher.flow_loss(f, x0, ids, eps, sig).backward()
     fl = 3 * 8 * dit_flops(tcfg, tcfg.frames, tcfg.frames, tcfg.text_len)
     print(f"1. teacher training step, batch 8 x {tcfg.frames} frames ({fl / 1e9:.1f} GFLOP = 3 x forward)")
@@ -205,7 +206,6 @@ def benchmark(ckpt, threads):
     row("eager", t_eager, fl), row("torch.compile(net)", t_comp, fl)
     grads = []
     for f in (net, cnet):   # the same step's gradients, eager and compiled
-        net.zero_grad()
         train_step(f)
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     print(f"  compiled / eager speed-up {t_eager / t_comp:.2f}x | gradients ||diff|| / ||g|| "
