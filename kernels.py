@@ -15,6 +15,7 @@ Fast paths for model.py, each beside the plain reference it must equal (test_all
 Nothing compiles at import time: compilation happens on first use.
 """
 import functools
+import statistics
 import time
 
 import torch
@@ -200,7 +201,7 @@ def benchmark(ckpt, threads):
     # within minutes, so the share of peak and the speed-up compare times taken side by side
     rounds = [(_bench(lambda: a @ a, 4), _bench(lambda: train_step(net), 2), _bench(lambda: train_step(cnet), 2))
               for _ in range(7)]
-    t_peak, t_eager, t_comp = (sorted(r)[3] for r in zip(*rounds))
+    t_peak, t_eager, t_comp = map(statistics.median, zip(*rounds))
     peak = 2 * 2048 ** 3 / t_peak * 1e3
     print(f"  fp32 matmul peak (2048^3), median of 7 rounds between the steps: {peak / 1e9:.1f} GFLOP/s (every % of peak below)")
     row("eager", t_eager, fl), row("torch.compile(net)", t_comp, fl)
@@ -244,7 +245,7 @@ def benchmark(ckpt, threads):
         for n, ffe, lab in settings:
             ts.setdefault(lab, []).append(_bench(lambda: sample(n, ffe), 1, warm=int(r == 0)))
     for n, ffe, lab in settings:
-        t = sorted(ts[lab])[1]
+        t = statistics.median(ts[lab])
         fps[lab] = B * mc.frames / t * 1e3
         row(f"{lab:2s} steps: {fps[lab]:7.0f} frames/s", t, B * rollout_flops(mc, M.block_schedules(nb, n, ffe, sig4)))
     fwd1, fwd4 = 2 * nb - 1, 5 * nb - 1      # forwards per rollout: steps per block + a commit after all but the last
@@ -266,7 +267,7 @@ def benchmark(ckpt, threads):
     for _ in range(5):                        # eager and compiled alternated, medians
         for times, G in ((eager_ms, G_eager), (comp_ms, G_comp)):
             times.append(_bench(lambda: sample(1, 0), 1, warm=0))
-    t_e, t_c = sorted(eager_ms)[2], sorted(comp_ms)[2]
+    t_e, t_c = statistics.median(eager_ms), statistics.median(comp_ms)
     compile_s -= 2 * t_c / 1e3
     with torch.no_grad():
         a_ = M.rollout(G, noise[:8], idsB[:8], M.block_schedules(nb, 2, 0, sig4), generator=torch.Generator().manual_seed(1))
