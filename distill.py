@@ -74,6 +74,7 @@ class DistillConfig:
     device: str = "auto"            # auto | cpu | cuda | mps
     threads: int = 0                # CPU threads (0 = torch default)
     flex: bool = False              # block-causal attention (ODE stage) via compiled flex_attention; CUDA only for training
+    compile: bool = False           # torch.compile generator, fake score and teacher: 1.4x once compiled, but a cold compile takes ~20 min on 2 cores (README)
 
 
 PRESETS = {
@@ -179,6 +180,13 @@ def all_reduce_grads(params, world):
                 p.grad /= world
 
 
+def compiled(cfg, net):
+    """net's forward under torch.compile (--compile=true; off by default), else net itself. Attributes
+    (cfg, encode_text, new_cache) pass through to net; shapes that change (KV-cache length, batch)
+    turn dynamic after their second value, so a handful of graphs serve the whole run."""
+    return M.compile_sampler(net) if cfg.compile else net
+
+
 def prompts(cfg, it, rank, micro, tok, device):
     """This rank's captions for iteration `it` (training split: held-out triples never appear),
     with their unconditional counterparts. Distillation is data-free: only captions are used."""
@@ -203,7 +211,7 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
     if os.path.exists(pairs_path):
         states, x0s, ids_all = torch.load(pairs_path, weights_only=True)
     else:
-        states, x0s, ids_all = [], [], []
+        states, x0s, ids_all, teacher_fwd = [], [], [], compiled(cfg, teacher)
         chunk = 16
         for i in tqdm(range(0, cfg.ode_pairs, chunk), desc="teacher ODE trajectories", disable=not master):
             n = min(chunk, cfg.ode_pairs - i)
@@ -211,13 +219,14 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
             ids = tok.encode(caps).to(device)
             g = torch.Generator().manual_seed(cfg.seed * 7919 + i)
             noise = torch.randn((n, mc.frames, mc.channels, mc.size, mc.size), generator=g).to(device)
-            x0, kept = M.euler_sample(teacher, noise, teacher.encode_text(ids), teacher.encode_text(tok.encode([""] * n).to(device)),
+            x0, kept = M.euler_sample(teacher_fwd, noise, teacher.encode_text(ids), teacher.encode_text(tok.encode([""] * n).to(device)),
                                       cfg.ode_euler, cfg.real_cfg, sigmas)
             states.append(torch.stack([kept[s] for s in sigmas], 1).cpu())          # (n, N, F, C, H, W)
             x0s.append(x0.cpu()), ids_all.append(ids.cpu())
         states, x0s, ids_all = torch.cat(states), torch.cat(x0s), torch.cat(ids_all)
         if master:
             torch.save((states, x0s, ids_all), pairs_path)
+    student_fwd = compiled(cfg, student)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.ode_lr, betas=(0.9, 0.999), weight_decay=0.0)
     micro, nb = cfg.batch // world, mc.frames // mc.frames_per_block
     states_clean = torch.cat([states, x0s[:, None]], 1)                              # (P, N+1, F, C, H, W)
@@ -234,7 +243,7 @@ def stage_ode(cfg, rank, world, device, teacher, tok, tok_bytes, master):
         frames = torch.arange(mc.frames)
         x = states_clean[idx[:, None], j, frames[None]].to(device)                   # (B, F, C, H, W)
         sigma = sig_all[j].to(device)
-        x0_hat = M.v_to_x0(x, student(x, sigma, ids_all[idx].to(device)), sigma)
+        x0_hat = M.v_to_x0(x, student_fwd(x, sigma, ids_all[idx].to(device)), sigma)
         noisy = (sigma > 0)[..., None, None, None].float()                           # clean frames: no loss
         loss = (((x0_hat - x0s[idx].to(device)) ** 2) * noisy).sum() / (noisy.sum() * x[0, 0].numel()).clamp_min(1)
         opt.zero_grad(set_to_none=True)
@@ -272,6 +281,8 @@ def build_sf(cfg, world, device, teacher, init):
     s.fake.load_state_dict(teacher.state_dict())
     s.head = DHead(mc.dim, mc.heads, taps=list(range(mc.depth // 2, mc.depth)), n_logits=s.N - 1,
                    blocks=s.nb if cfg.d_blocks else 1).to(device)
+    # compiled forwards; parameters, optimizers and checkpoints stay on the plain modules
+    s.G_fwd, s.fake_fwd, s.teacher = (compiled(cfg, net) for net in (s.G, s.fake, teacher))
     s.opt_g = torch.optim.AdamW(s.G.parameters(), lr=cfg.lr_g, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_f = torch.optim.AdamW(s.fake.parameters(), lr=cfg.lr_fake, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_d = torch.optim.AdamW(s.head.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
@@ -285,7 +296,7 @@ def video_noise(s, g):
 def student_rollout(s, n, ids, g, grad, noise=None):
     """The student's n-step output: Self Forcing rollout whose exit is step n for every block."""
     noise = video_noise(s, g) if noise is None else noise
-    return M.rollout(s.G, noise, ids, M.block_schedules(s.nb, n, sigmas=s.sigmas), grad=grad, generator=g)
+    return M.rollout(s.G_fwd, noise, ids, M.block_schedules(s.nb, n, sigmas=s.sigmas), grad=grad, generator=g)
 
 
 def step_optimizer(params, opt, s, loss=None):
@@ -308,7 +319,7 @@ def generator_step(s, n, ids, ids_u, g):
     noise = video_noise(s, g)
     x = student_rollout(s, n, ids, g, grad=True, noise=noise)   # graph only through the exit forwards
     xd = x.detach().requires_grad_(True)
-    l_dmd = dmd_loss(xd, s.teacher, s.fake, ids, ids_u, cfg, g)
+    l_dmd = dmd_loss(xd, s.teacher, s.fake_fwd, ids, ids_u, cfg, g)
     grad_x, = torch.autograd.grad(l_dmd, xd)
     stats.update(loss_dmd=l_dmd.item(), g_dmd=grad_x.norm().item())
     if cfg.method == "asd" and n < s.N:
@@ -316,14 +327,14 @@ def generator_step(s, n, ids, ids_u, g):
         # student's own (n+1)-step output (stop-gradient), both noised at one shared level
         sig, shape = d_sigma(s, g), x.shape
         eps = torch.randn(shape, generator=g).to(s.device)
-        a = d_logits(s.fake, s.head, xd, sig, eps, ids, n)
+        a = d_logits(s.fake_fwd, s.head, xd, sig, eps, ids, n)
         if cfg.d_loss == "hinge":
             l_asd = hinge_g_loss(a)
         else:
             with torch.no_grad():
                 x_next = student_rollout(s, d_target(s, n), ids, g, grad=False, noise=noise if cfg.d_pair else None)
                 eps_next = eps if cfg.d_pair else torch.randn(shape, generator=g).to(s.device)
-                b = d_logits(s.fake, s.head, x_next, sig, eps_next, ids, n)
+                b = d_logits(s.fake_fwd, s.head, x_next, sig, eps_next, ids, n)
             l_asd = rpgan_g_loss(a, b)
         grad_asd, = torch.autograd.grad(l_asd, xd)
         # the two gradients live on unrelated scales (DMD's is divided by the number of pixels), so
@@ -343,7 +354,7 @@ def generator_step(s, n, ids, ids_u, g):
 
 def fake_step(s, x, ids, g):
     """Fake-score update on fresh no-grad student samples x (DMD2 / Self Forcing critic)."""
-    loss = fake_score_loss(s.fake, x, ids, g)
+    loss = fake_score_loss(s.fake_fwd, x, ids, g)
     step_optimizer(s.fake.parameters(), s.opt_f, s, loss)
     return dict(loss_fake=loss.item())
 
@@ -355,7 +366,7 @@ def d_features(s, x_n, x_n1, ids, g, grad=False):
     sig, eps = d_sigma(s, g), torch.randn(x_n.shape, generator=g).to(s.device)
     both = M.add_noise(torch.cat([x_n, x_n1]), torch.cat([eps, eps]), torch.cat([sig, sig]))
     with torch.set_grad_enabled(grad):
-        feats = s.fake(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]
+        feats = s.fake_fwd(both, torch.cat([sig, sig]), torch.cat([ids, ids]), features=True)[1]
     return tuple(zip(*(f.chunk(2) for f in feats)))
 
 

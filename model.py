@@ -272,7 +272,7 @@ class DiT(nn.Module):
 
 def guided_x0(model, x, sigma, text_c, text_u, scale):
     """Classifier-free guidance on x0: x0_u + scale * (x0_c - x0_u), one batched forward."""
-    both = [torch.cat([a, b]) for a, b in zip(text_c, text_u)]
+    both = tuple(torch.cat([a, b]) for a, b in zip(text_c, text_u))     # a tuple, as encode_text returns
     v = model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
     x0_c, x0_u = v_to_x0(torch.cat([x, x]), v, torch.cat([sigma, sigma])).chunk(2)
     return x0_u + scale * (x0_c - x0_u)
@@ -322,7 +322,7 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
     with torch.set_grad_enabled(grad):
         text = G.encode_text(ids)
     for b, sched in enumerate(schedules):
-        x = noise[:, b * fpb:(b + 1) * fpb]                                           # (B, fpb, C, H, W)
+        x = noise[:, b * fpb:(b + 1) * fpb].contiguous()   # (B, fpb, C, H, W); contiguous: one compiled graph
         steps.append([])
         for k, s in enumerate(sched):
             exit_ = k == len(sched) - 1
