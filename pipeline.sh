@@ -57,7 +57,7 @@ lane_b() {
 t_lanes=$SECONDS
 lane_a & A=$!
 lane_b & B=$!
-wait $A || { kill $B 2>/dev/null; exit 1; }
+wait $A || { kill $(pgrep -P $B) $B 2>/dev/null; exit 1; }     # lane a failed: stop lane b and its job
 wait $B
 dt=$((SECONDS - t_lanes))
 printf '| lanes a + b | side by side, %d thread(s) each | %d min %02d s |\n' $T $((dt / 60)) $((dt % 60)) | tee -a "$O/stages.md"

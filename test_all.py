@@ -939,3 +939,28 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
         with FlopCounterMode(display=False) as fc:
             net(x[:, 2:3], torch.rand(1, 1), ids, cache=cache)
     assert abs(fc.get_total_flops() / kernels.dit_flops(cfg, 1, 3, 12) - 1) < 0.01
+
+
+def test_pipeline_script_control_flow(tmp_path):
+    """pipeline.sh with every python call replaced (PY=a stub): each stage once, the two lanes side
+    by side, SKIP leaves stages out, and a failing stage in either lane fails the whole script."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    stub = tmp_path / "py.sh"              # succeeds, unless its arguments contain $FAIL
+    stub.write_text('[[ -n "${FAIL:-}" && " $* " == *"$FAIL"* ]] && exit 1; exit 0\n')
+    def run(out, **env):
+        return subprocess.run(["bash", os.path.join(root, "pipeline.sh")], capture_output=True, text=True,
+                              env={**os.environ, "PY": f"bash {stub}", "O": str(tmp_path / out), **env})
+    r = run("all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(rows_of(tmp_path / "all")) == sorted(["teacher", "ode", "evaluator", "score_teacher", "score_ode", "dmd", "score_dmd",
+                                   "asd", "score_asd", "lanes a + b", "**total**"])
+    r = run("skip", SKIP="teacher ode")
+    assert r.returncode == 0 and "teacher" not in rows_of(tmp_path / "skip") and "SKIP=" in r.stdout
+    for fail in ("--method=asd", "--method=dmd"):
+        r = run("fail", FAIL=fail)
+        assert r.returncode != 0 and "failed" in r.stdout and "**total**" not in (tmp_path / "fail" / "stages.md").read_text()
+
+
+def rows_of(folder):
+    """The stage names of a pipeline.sh stage table."""
+    return [line.split("|")[1].strip() for line in (folder / "stages.md").read_text().splitlines()[2:]]
