@@ -181,9 +181,7 @@ def all_reduce_grads(params, world):
 
 
 def compiled(cfg, net):
-    """net's forward under torch.compile (--compile=true; off by default), else net itself. Attributes
-    (cfg, encode_text, new_cache) pass through to net; shapes that change (KV-cache length, batch)
-    turn dynamic after their second value, so a handful of graphs serve the whole run."""
+    """With --compile=true, net under model.compile_sampler (attributes pass through to net), else net."""
     return M.compile_sampler(net) if cfg.compile else net
 
 

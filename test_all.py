@@ -950,17 +950,13 @@ def test_pipeline_script_control_flow(tmp_path):
     def run(out, **env):
         return subprocess.run(["bash", os.path.join(root, "pipeline.sh")], capture_output=True, text=True,
                               env={**os.environ, "PY": f"bash {stub}", "O": str(tmp_path / out), **env})
+    rows = lambda out: [line.split("|")[1].strip() for line in (tmp_path / out / "stages.md").read_text().splitlines()[2:]]
     r = run("all")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(rows_of(tmp_path / "all")) == sorted(["teacher", "ode", "evaluator", "score_teacher", "score_ode", "dmd", "score_dmd",
-                                   "asd", "score_asd", "lanes a + b", "**total**"])
+    assert sorted(rows("all")) == sorted(["teacher", "ode", "evaluator", "score_teacher", "score_ode", "dmd",
+                                          "score_dmd", "asd", "score_asd", "lanes a + b", "**total**"])
     r = run("skip", SKIP="teacher ode")
-    assert r.returncode == 0 and "teacher" not in rows_of(tmp_path / "skip") and "SKIP=" in r.stdout
+    assert r.returncode == 0 and "teacher" not in rows("skip") and "SKIP=" in r.stdout
     for fail in ("--method=asd", "--method=dmd"):
         r = run("fail", FAIL=fail)
-        assert r.returncode != 0 and "failed" in r.stdout and "**total**" not in (tmp_path / "fail" / "stages.md").read_text()
-
-
-def rows_of(folder):
-    """The stage names of a pipeline.sh stage table."""
-    return [line.split("|")[1].strip() for line in (folder / "stages.md").read_text().splitlines()[2:]]
+        assert r.returncode != 0 and "failed" in r.stdout and "**total**" not in rows("fail")
