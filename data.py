@@ -4,11 +4,13 @@ Data: a procedural world of captioned videos, a loader for folders of real clips
     python data.py                       # writes out/world.gif: a grid of clips with their captions
     python data.py --data=path/to/clips  # checks a folder of clip.mp4|clip.gif + clip.txt pairs
 
-The world: one or two coloured shapes move in a named direction (bouncing off the walls) over a
-dark or grey background, plain or softly graded. Every clip is a pure function of its seed and
-returns its caption, its ground-truth factors and the per-frame object centres, which eval.py uses.
-The first frame fixes the layout and later frames only continue the motion (the premise of FFE).
-Some colour x shape x direction triples are held out of training to measure generalisation.
+The world: one or two coloured shapes move in a named direction over a dark or grey background,
+plain or softly graded. By default (the world the shipped teacher learnt) every object starts with
+room for its whole clip of straight motion both ways, so it never bounces and its start does not
+reveal its direction; wall_free=0 gives the bouncing world the evaluator nets learn from. Every clip
+is a pure function of its seed and returns its caption, its ground-truth factors and the per-frame
+object centres, which eval.py uses. The first frame fixes the layout and later frames only continue
+the motion (the premise of FFE). Some colour x shape x direction triples are held out of training.
 Layout: video (F, C, H, W) float32 in [-1, 1]; a batch is (B, F, C, H, W).
 """
 import io
@@ -32,13 +34,13 @@ HELD_OUT = {(c, SHAPES[i % 3], list(DIRECTIONS)[(i + i // 3) % 4]) for i, c in e
 @dataclass
 class WorldConfig:
     size: int = 32                  # frame height = width in pixels
-    frames: int = 16                # frames per clip
+    frames: int = 8                 # frames per clip
     p_two: float = 0.2              # probability of a second object
     radius: tuple = (5.0, 7.0)      # object radius range in pixels
-    speed: tuple = (1.0, 1.6)       # pixels per frame
+    speed: tuple = (1.0, 1.2)       # pixels per frame
     p_gradient: float = 0.5         # probability of a softly graded background
-    wall_free: int = 0              # no wall along the motion in the first N frames (0 = start anywhere)
-    centred: bool = False           # wall_free room on both sides, so the start does not reveal the direction
+    wall_free: int = 8              # no wall along the motion in the first N frames (0 = start anywhere)
+    centred: bool = True            # wall_free room on both sides, so the start does not reveal the direction
 
 
 # -----------------------------------------------------------------------------
@@ -59,16 +61,9 @@ def _shape_alpha(shape, cx, cy, r, xx, yy):
 
 
 def world_of(ck):
-    """The procedural world a checkpoint learned from (students carry their teacher's), so that it is
-    scored against that world's clips; checkpoints from before the "world" entry fall back to the
-    teacher's flags, or to the original world."""
-    if "world" in ck:
-        return WorldConfig(**ck["world"])
-    t = ck.get("train_cfg", {})
-    if "wall_free" not in t:
-        return WorldConfig()
-    return WorldConfig(speed=(t["speed_min"], t["speed_max"]), wall_free=t["wall_free"],
-                       centred=t.get("centred", False))
+    """The procedural world a checkpoint learnt from (students carry their teacher's), so that it is
+    scored against that world's clips."""
+    return WorldConfig(**ck["world"]) if "world" in ck else WorldConfig()
 
 
 def make_clip(seed, cfg=WorldConfig(), split="train"):
@@ -93,7 +88,7 @@ def make_clip(seed, cfg=WorldConfig(), split="train"):
         vel = np.array(DIRECTIONS[direction]) * rng.uniform(*cfg.speed)
         # the start may leave room for wall_free frames of straight motion (a clip that bounces early
         # shows the opposite of its caption's direction); wall_free alone leaks the direction through
-        # the start, centred does not (README, open problem 1); the default keeps the original world
+        # the start, centred does not
         travel = np.abs(vel) * max(0, min(cfg.wall_free, T) - 1)
         if cfg.centred:   # room both ways: otherwise a left-mover always starts on the right half (a leak)
             lo, hi = r + travel, S - r - travel
@@ -229,6 +224,9 @@ class Tokenizer:
 
 if __name__ == "__main__":
     import imageio.v3 as iio
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__.strip())
+        sys.exit(0)
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     if "data" in args:
         clips = FolderClips(args["data"])

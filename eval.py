@@ -2,17 +2,19 @@
 Eval: the scorecard. A VBench-shaped table of quality and semantic dimensions measured against the
 procedural world's ground truth, FVD-synth, per-frame error curves and the step-to-step x0 similarity.
 
-    python eval.py --train=true                                 # train + gate the evaluator nets -> ckpt/evaluator.pt
-    python eval.py --ckpt=ckpt/asd_tiny.pt --steps=1            # a student, 1* steps (FFE), on the fixed prompts
+    python eval.py --ckpt=ckpt/asd_tiny.pt --steps=1       # a student at 1* steps -> out/eval/asd_tiny_1star.json
     python eval.py --ckpt=ckpt/asd_tiny.pt --steps=2 --ffe=false
-    python eval.py --ckpt=ckpt/teacher_tiny.pt --steps=32       # the teacher: Euler steps with CFG 3
-    python eval.py --compare=out/eval/dmd_1star.json,out/eval/asd_1star.json   # paired-bootstrap CIs of b - a
+    python eval.py --ckpt=ckpt/teacher_tiny.pt --steps=16  # the teacher: Euler steps with CFG 3
+    python eval.py --compare=out/eval/dmd_tiny_1.json,out/eval/asd_tiny_1.json   # paired CIs of b - a
+    python eval.py --table=a.json,b.json,...               # the README's results table
+    python eval.py --diagnose=ckpt/teacher_tiny.pt         # does the teacher read each caption word?
+    python eval.py --train=true                            # train + gate the evaluator nets -> ckpt/evaluator.pt
 
-Design and prototype numbers: research/evaluation.md (section 4). Every model is sampled on the same
-prompts and noise seeds: a balanced single-object grid (colour x shape x direction x background, the
-held-out triples apart) cycled to --n videos. Each dimension is normalised VBench-style, with real
-clips from data.py = 1 and one fixed degraded anchor = 0 (ANCHOR below); Total = (4 Quality + Semantic) / 5.
-These are our own numbers on our own world: never call them VBench scores or compare them with published FVD.
+The design: docs/algorithms.md §8. Every model is sampled on the same prompts and noise seeds: a
+balanced single-object grid (colour x shape x direction x background, the held-out triples apart)
+cycled to --n videos. Each dimension is normalised VBench-style, with real clips = 1 and one fixed
+degraded anchor = 0 (ANCHOR below); Total = (4 Quality + Semantic) / 5. These are our own numbers on
+our own world: never call them VBench scores or compare them with published FVD.
 Evaluation runs on the CPU; only sampling uses --device.
 """
 import json
@@ -29,6 +31,8 @@ from tqdm import tqdm
 
 import data
 import model as M
+import sample
+import teacher
 
 
 @dataclass
@@ -49,24 +53,30 @@ class EvalConfig:
     out: str = "out/eval"           # folder of the JSON results
     name: str = ""                  # JSON name; empty = checkpoint name + step label
     compare: str = ""               # a.json,b.json: print paired-bootstrap CIs of b - a and exit
-    table: str = ""                 # a.json,b.json,...: print the README's markdown results table and exit
-    long: int = 0                   # student: also stream this many frames (rolling KV window); per-frame curves
-    plot: str = ""                  # a.json,b.json,...: per-frame curves + similarity matrices -> PNGs in --plot_dir
+    table: str = ""                 # a.json,b.json,...: print the README's results table and exit
+    long: int = 0                   # student: also stream this many frames (rolling KV window), per-frame curves
+    plot: str = ""                  # a.json,b.json,...: per-frame curves + similarity matrices -> --plot_dir
+    diagnose: str = ""              # a teacher checkpoint: print how its loss and motion follow each caption word
     plot_dir: str = "assets"        # where --plot writes per_frame.png and similarity.png (needs matplotlib)
     train: bool = False             # train and gate the evaluator nets, save them to --evaluator
     train_steps: int = 800          # --train: optimizer steps, fresh clips every step
     size: int = 32                  # --train: frame size the evaluator learns (must match the model's)
     frames: int = 8                 # --train: frames per clip (must match the model's)
     device: str = "auto"            # sampling device: auto | cpu | cuda | mps
-    threads: int = 0                # CPU threads (0 = torch default)
 
 
-# VBench's layout (research/evaluation.md 1.3, 4.6): quality weights (dynamic degree counts half),
+PRESETS = {
+    "cpu": dict(),                                                           # the README's scorecards
+    "test": dict(n=4, n_heldout=4, sim_n=2, boot=100, boot_fd=2),            # seconds: checks an install
+}
+
+# VBench's layout (docs/algorithms.md §8.2-8.3): quality weights (dynamic degree counts half),
 # the anchor that defines 0 for each quality dimension, and chance level as 0 for the semantic ones.
 QUALITY = {"subject_consistency": 1.0, "background_consistency": 1.0, "background_flicker": 1.0,
            "smoothness": 1.0, "dynamic_degree": 0.5, "colour_fidelity": 1.0, "cleanliness": 1.0}
 ANCHOR = {"subject_consistency": "mix", "background_consistency": "mix", "background_flicker": "noise",
-          "smoothness": "shuffle", "dynamic_degree": "freeze", "colour_fidelity": "washout", "cleanliness": "noise"}
+          "smoothness": "shuffle", "dynamic_degree": "freeze", "colour_fidelity": "washout",
+          "cleanliness": "noise"}
 CHANCE = {"shape": 1 / 3, "colour": 1 / 6, "direction": 1 / 4, "joint": 1 / 72}
 SEMANTIC = list(CHANCE)
 # accuracy gates on fresh real clips before an evaluator may score (the clip net's shape head is only
@@ -113,14 +123,7 @@ def real_videos(prompts, size, frames, which=0, world=data.WorldConfig()):
 
 
 # -----------------------------------------------------------------------------
-# sampling a checkpoint (the logic of sample.py) and the step-to-step x0 similarity (paper Fig. 2)
-
-def build_sampler(ck, device="cpu"):
-    """(net, tokenizer, n_max) from a checkpoint dict: EMA weights; n_max = the student's trained steps."""
-    net = M.build_model(ck).to(device).eval()
-    tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=net.cfg.text_len)
-    return net, tok, ck.get("train_cfg", {}).get("n_steps", 4)
-
+# sampling a checkpoint (through sample.generate) and the step-to-step x0 similarity (paper Fig. 2)
 
 def noise_for(prompts, mc, frames=0):
     """Each video's noise from its own seed: a video never depends on the batch it is sampled in."""
@@ -128,30 +131,24 @@ def noise_for(prompts, mc, frames=0):
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p["noise"])) for p in prompts])
 
 
-@torch.no_grad()
-def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu", frames=0):
+def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu",
+                      frames=0):
     """Sample a student (steps per block, FFE: block 0 gets first_steps) or a teacher (Euler steps, CFG)
     on the prompts. Returns (videos (N, F, C, H, W) on the CPU, label such as '1*', '2', 'teacher32').
-    frames > the trained length: a student streams with the rolling KV window (as sample.py does)."""
-    net, tok, n_max = build_sampler(ck, device)
+    frames > the trained length: a student streams with the rolling KV window."""
+    net, tok, n_max = sample.load(ck, device)
     mc, out = net.cfg, []
-    ffe_n = first_steps if mc.causal and ffe and first_steps > steps else 0
-    if mc.causal and max(steps, ffe_n) > n_max:
+    first = first_steps if mc.causal and ffe and first_steps > steps else 0
+    if mc.causal and max(steps, first) > n_max:
         raise ValueError(f"this student was trained for at most {n_max} steps per block")
-    sigmas = M.few_step_sigmas(n_max, mc.shift)
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        noise, ids = noise_for(chunk, mc, frames).to(device), tok.encode([p["caption"] for p in chunk]).to(device)
-        if mc.causal:
-            g = torch.Generator().manual_seed(chunk[0]["noise"])        # re-noising draws of the FFE chain
-            sched = M.block_schedules(noise.shape[1] // mc.frames_per_block, steps, ffe_n, sigmas)
-            window = mc.frames - mc.frames_per_block if noise.shape[1] > mc.frames else 0
-            out.append(M.rollout(net, noise, ids, sched, generator=g, window=window).cpu())
-        else:
-            empty = net.encode_text(tok.encode([""] * len(chunk)).to(device))
-            out.append(M.euler_sample(net, noise, net.encode_text(ids), empty, steps, cfg_scale)[0].cpu())
-    label = (f"{steps}*" if ffe_n else f"{steps}") if mc.causal else f"teacher{steps}"
-    return torch.cat(out).float().clamp(-1, 1), label
+        noise = noise_for(chunk, mc, frames).to(device)
+        ids = tok.encode([p["caption"] for p in chunk]).to(device)
+        ids_u = tok.encode([""] * len(chunk)).to(device)
+        g = torch.Generator().manual_seed(chunk[0]["noise"])            # re-noising draws of the chain
+        out.append(sample.generate(net, ids, ids_u, noise, steps, first, n_max, cfg_scale, g).cpu())
+    return torch.cat(out).clamp(-1, 1), sample.label(mc.causal, steps, first)
 
 
 def cosine_matrix(z):
@@ -165,7 +162,7 @@ def step_similarity(ck, prompts, device="cpu"):
     """The paper's Figure 2: every block denoised through the full n_max-step chain; the cosine similarity
     of the flattened x0 predictions after step j and step k, averaged over prompts. Returns
     (per block (n_blocks, K, K), per frame (F, K, K)) as numpy arrays."""
-    net, tok, n_max = build_sampler(ck, device)
+    net, tok, n_max = sample.load(ck, device)
     mc = net.cfg
     sched = M.block_schedules(mc.frames // mc.frames_per_block, n_max, 0, M.few_step_sigmas(n_max, mc.shift))
     noise, ids = noise_for(prompts, mc).to(device), tok.encode([p["caption"] for p in prompts]).to(device)
@@ -195,7 +192,7 @@ def with_coords(x):
 def crops(frames, centres):
     """CROP x CROP windows (B, C, CROP, CROP) of frames (B, C, H, W) around tracked centres (B, 2), edges
     replicated. Taking the translation out makes shape a small problem: on whole 32 px frames the
-    prototype's nets stalled near 0.7 shape accuracy (evaluation.md 5.7, and ours did the same)."""
+    nets stalled near 0.7 shape accuracy (docs/algorithms.md §8.5)."""
     H, W = frames.shape[-2:]
     off = torch.arange(CROP) - CROP // 2
     rows = (centres[:, 1].floor().long()[:, None] + off).clamp(0, H - 1)        # (B, CROP)
@@ -214,7 +211,7 @@ def frame_net():
 
 
 def clip_net(frames):
-    """3-D clip net (evaluation.md's ClipNet-lite) on whole clips: 128-d features (FVD-synth), heads for
+    """3-D clip net (docs/algorithms.md §8.5) on whole clips: 128-d features (FVD-synth), heads for
     shape, colour, direction, speed, and each frame's object centre. Pooling is spatial only and the
     per-frame centre head forces every time slice to know where the object is: direction (the first
     motion of a clip that may bounce) is then a readout of the frame order, learnt in minutes."""
@@ -232,9 +229,13 @@ def clip_forward(net, videos):
     return net["fc"](h.flatten(1)), h
 
 
+# the evaluator nets learn the bouncing world with a wider speed range: it holds every model's world
+EVAL_WORLD = dict(p_two=0, speed=(1.0, 1.6), wall_free=0, centred=False)
+
+
 def world_batch(seed, n, size, frames):
     """n fresh single-object clips of every caption (held-out triples included) and their labels."""
-    cfg = data.WorldConfig(size=size, frames=frames, p_two=0)
+    cfg = data.WorldConfig(size=size, frames=frames, **EVAL_WORLD)
     clips = [data.make_clip(list(seed) + [i], cfg, "all") for i in range(n)]
     centres = torch.from_numpy(np.stack([c[3][:, 0] for c in clips]))              # (n, F, 2) pixels
     label = lambda names, key: torch.tensor([names.index(c[2][key][0]) for c in clips])
@@ -257,7 +258,7 @@ def frame_outputs(ev, videos, centres, chunk=1024):
 
 
 def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=False):
-    """Train both nets jointly on fresh clips every step (a fixed set overfits: evaluation.md 5.7), with
+    """Train both nets jointly on fresh clips every step (a fixed set overfits: docs/algorithms.md §8.5), with
     light pixel noise so slightly noisy samples stay in distribution. Returns the evaluator dict."""
     torch.manual_seed(seed)
     fnet, cnet = frame_net(), clip_net(frames)
@@ -315,7 +316,8 @@ def load_evaluator(path):
         raise ValueError(f"evaluator {path} failed its accuracy gates ({', '.join(failed)}); "
                          "retrain with more --train_steps")
     fnet, cnet = frame_net(), clip_net(ck["frames"])
-    fnet.load_state_dict(ck["frame"]), cnet.load_state_dict(ck["clip"])
+    fnet.load_state_dict(ck["frame"])
+    cnet.load_state_dict(ck["clip"])
     return dict(frame=fnet.eval(), clip=cnet.eval(), size=ck["size"], frames=ck["frames"], gates=ck["gates"])
 
 
@@ -520,8 +522,9 @@ def scorecard(s, ref, boot_fd=20, seed=0):
         fvd_synth=dict(fd=frechet(gen, a), boot_sd=boot_sd(gen, a, boot_fd, seed), floor=frechet(b, a),
                        floor_boot_sd=boot_sd(b, a, boot_fd, seed), n=len(gen),
                        feat=np.round(gen, 5).tolist(), ref_feat=np.round(a, 5).tolist()),   # for --compare
-        curves=curves, late_early={k: late_early(curves[k]) for k in ("fd_frame", "colour_err", "noise", "colour_acc",
-                                                                      "shape_acc", "step")},
+        curves=curves,
+        late_early={k: late_early(curves[k])
+                    for k in ("fd_frame", "colour_err", "noise", "colour_acc", "shape_acc", "step")},
         per_video={k: v.tolist() for k, v in {**per_video, **{f"raw_{d}": s["video"][d] for d in ceil}}.items()})
 
 
@@ -573,6 +576,56 @@ def compare(path_a, path_b, n_boot=1000):
 
 
 # -----------------------------------------------------------------------------
+# does a teacher read each caption word? (--diagnose)
+
+@torch.no_grad()
+def diagnose(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
+    """A teacher's flow loss on n single-object clips with the true caption, with one factor swapped
+    (direction to its opposite, shape, colour) and with no caption, at fixed noise levels and one fixed
+    noise draw: a word whose swap leaves the loss unchanged is ignored. Then how far the direction word
+    moves the object, and the tracker's direction accuracy of samples from noise and from a given
+    first frame."""
+    ck = M.load_checkpoint(path, "teacher")
+    net, tok, _ = sample.load(ck)
+    wc = replace(data.world_of(ck), frames=net.cfg.frames, p_two=0.0)   # the world it was trained on
+    clips = [data.make_clip([77, i], wc) for i in range(n)]
+    x0, caps = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1].split() for c in clips]
+    nxt = lambda names, w: names[(names.index(w) + 1) % len(names)]
+    opposite = dict(left="right", right="left", up="down", down="up")
+    swaps = {"true": lambda w: w, "direction": lambda w: w[:4] + [opposite[w[4]]] + w[5:],
+             "shape": lambda w: w[:2] + [nxt(data.SHAPES, w[2])] + w[3:],
+             "colour": lambda w: w[:1] + [nxt(COLOURS, w[1])] + w[2:], "none": lambda w: []}
+    encode = lambda swap: tok.encode([" ".join(swaps[swap](w)) for w in caps])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    print(f"{path}: flow loss on {n} clips, one caption factor swapped")
+    for s in sigmas:
+        losses = {k: teacher.flow_loss(net, x0, encode(k), eps, torch.full((n,), s)).item() for k in swaps}
+        print(f"sigma {s:.2f}: " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    # first frame given clean, the others at sigma s: how far the x0 prediction's last frame moved
+    # along the caption's direction, with the true and the opposite word
+    unit = torch.tensor([data.DIRECTIONS[w[4]] for w in caps])
+
+    def along(video):
+        centres = track(video)[1]
+        return ((centres[:, -1] - centres[:, 0]) * unit).sum(-1).mean().item()
+    for s in (0.9, 1.0):
+        sig = torch.full(x0.shape[:2], s)
+        sig[:, 0] = 0.0
+        x = M.add_noise(x0, eps, sig)
+        moved = {k: along(M.v_to_x0(x, net(x, sig, encode(k)), sig)) for k in ("true", "direction")}
+        print(f"first frame given, rest at sigma {s:.1f}: last frame moved {moved['true']:+.2f} px along the "
+              f"caption's direction with its word, {moved['direction']:+.2f} with the opposite word "
+              f"(real clips {along(x0):+.2f})")
+    ids, ids_u = net.encode_text(encode("true")), net.encode_text(tok.encode([""] * n))
+    true = torch.tensor([DIRECTIONS.index(w[4]) for w in caps])
+    for name, ctx in (("from noise", None), ("first frame given", x0[:, :1])):
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+        video = M.euler_sample(net, noise, ids, ids_u, 16, 3.0, context=ctx)[0]
+        acc = (tracker_direction(track(video)[1]) == true).float().mean()
+        print(f"16 Euler steps, CFG 3, {name}: tracker direction accuracy {acc:.3f} (chance 0.25)")
+
+
+# -----------------------------------------------------------------------------
 # CLI: --train, --compare, or score one checkpoint
 
 def cli_compare(cfg):
@@ -592,17 +645,17 @@ def cli_compare(cfg):
     fa, fb = ra["scores"]["fvd_synth"], rb["scores"]["fvd_synth"]
     print(f"FVD-synth: a {fa['fd']:.1f} +- {fa['boot_sd']:.1f} | b {fb['fd']:.1f} +- {fb['boot_sd']:.1f} | "
           f"real-vs-real floor {fa['floor']:.1f} at N={fa['n']}")
-    if "feat" in fa and "feat" in fb:      # JSONs written before the features were saved have no paired FD
-        d, lo, hi, p = paired_fd(fa["feat"], fb["feat"], fa["ref_feat"], min(cfg.boot, 200))
-        print(f"{'FVD-synth b - a (paired)':24s} {fa['fd']:8.1f} {fb['fd']:8.1f} {d:+8.1f} [{lo:+8.1f}, {hi:+8.1f}] {p:6.3f}")
+    d, lo, hi, p = paired_fd(fa["feat"], fb["feat"], fa["ref_feat"], min(cfg.boot, 200))
+    print(f"{'FVD-synth b - a (paired)':24s} {fa['fd']:8.1f} {fb['fd']:8.1f} {d:+8.1f} "
+          f"[{lo:+8.1f}, {hi:+8.1f}] {p:6.3f}")
 
 
 def cli_table(cfg):
     """The README's results table, one row per result JSON (Total/Quality/Semantic with 95% bootstrap CIs
     over videos, FVD-synth +- SD with its floor, late/early per-frame FD ratio, held-out joint accuracy), then
     the raw semantic accuracies and the step-to-step x0 similarity per frame block (the paper's Figure 2)."""
-    print("| model | steps | Total | Quality | Semantic | FVD-synth (floor) | late/early FD | direction | held-out joint |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | steps | Total | Quality | Semantic | FVD-synth (floor) | late/early FD | direction "
+          "| held-out joint |\n|---|---|---|---|---|---|---|---|---|")
     missing = [p for p in cfg.table.split(",") if not os.path.exists(p)]
     if missing:
         sys.exit(f"error: --table: no result JSON {missing[0]}")
@@ -610,17 +663,24 @@ def cli_table(cfg):
     for r in rs:
         s, v, fv = r["scores"], r["scores"]["per_video"], r["scores"]["fvd_synth"]
         ci = lambda k: f"{np.mean(v[k]):.3f} ± {1.96 * np.std(v[k]) / np.sqrt(len(v[k])):.3f}"
-        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {ci('total')} | {ci('quality')} | {ci('semantic')} | "
-              f"{fv['fd']:.1f} ± {fv['boot_sd']:.1f} ({fv['floor']:.1f}) | {s['late_early']['fd_frame']:.2f} | "
+        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {ci('total')} | {ci('quality')} | "
+              f"{ci('semantic')} | {fv['fd']:.1f} ± {fv['boot_sd']:.1f} ({fv['floor']:.1f}) | "
+              f"{s['late_early']['fd_frame']:.2f} | "
               f"{s['dimensions']['direction']['raw']:.3f} | {r['heldout']['joint']['model']:.3f} |")
-    print("\n| model | steps | raw shape / colour / direction | held-out direction | step-to-step x0 similarity of the "
-          "4-step chain per block (mean off-diagonal; first vs last step) |\n|---|---|---|---|---|")
+    print("\n| model | steps | raw shape / colour / direction | held-out direction | step-to-step x0 similarity "
+          "of the 4-step chain per block (mean off-diagonal; first vs last step) |\n|---|---|---|---|---|")
     seen, off = set(), lambda m: (np.sum(m) - np.trace(m)) / (len(m) ** 2 - len(m))   # mean off-diagonal
     for r in rs:   # the similarity belongs to the checkpoint, not the step setting: shown once per checkpoint
-        d, sims = r["scores"]["dimensions"], r["similarity"]["blocks"] if r.get("similarity") and r["ckpt"] not in seen else []
+        d, sims = r["scores"]["dimensions"], []
+        if r.get("similarity") and r["ckpt"] not in seen:
+            sims = r["similarity"]["blocks"]
         seen.add(r["ckpt"])
-        sim = " / ".join(f"{off(np.array(m)):.3f}" for m in sims) + "; " + " / ".join(f"{m[0][-1]:.2f}" for m in sims) if sims else "-"
-        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {d['shape']['raw']:.3f} / {d['colour']['raw']:.3f} / "
+        sim = "-"
+        if sims:
+            sim = " / ".join(f"{off(np.array(m)):.3f}" for m in sims) + "; "
+            sim += " / ".join(f"{m[0][-1]:.2f}" for m in sims)
+        print(f"| {os.path.basename(r['ckpt'])} | {r['label']} | {d['shape']['raw']:.3f} / "
+              f"{d['colour']['raw']:.3f} / "
               f"{d['direction']['raw']:.3f} | {r['heldout']['direction']['model']:.3f} | {sim} |")
 
 
@@ -653,7 +713,8 @@ def cli_plot(cfg):
         sys.exit("error: --plot needs matplotlib (pip install matplotlib; it is optional)")
     rs = [json.load(open(p)) for p in cfg.plot.split(",")]
     os.makedirs(cfg.plot_dir, exist_ok=True)
-    keys = [("fd_frame", "per-frame FD to real clips"), ("colour_err", "colour error"), ("noise", "flat-region noise")]
+    keys = [("fd_frame", "per-frame FD to real clips"), ("colour_err", "colour error"),
+            ("noise", "flat-region noise")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for ax, (k, title) in zip(axes, keys):
         for r in (r for r in rs if not r.get("long")):
@@ -664,7 +725,8 @@ def cli_plot(cfg):
                     rs[0]["scores"]["curves"]["fd_frame_real"], "k--", label="real clips (floor)")
         ax.set(title=title, xlabel="frame")
     axes[0].legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "per_frame.png"), dpi=110)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cfg.plot_dir, "per_frame.png"), dpi=110)
     sims = [r for r in rs if r.get("similarity") and not r.get("long")]
     if sims:
         nb = len(sims[0]["similarity"]["blocks"])
@@ -674,10 +736,12 @@ def cli_plot(cfg):
                 m = np.array(r["similarity"]["blocks"][b])
                 ax.imshow(m, vmin=0.6, vmax=1.0, cmap="viridis")
                 for (i, j), v in np.ndenumerate(m):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.85 else "k")
+                    colour = "w" if v < 0.85 else "k"
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=colour)
                 ax.set(title=f"{r['name']}: block {b}", xlabel="step", ylabel="step",
                        xticks=range(len(m)), yticks=range(len(m)))
-        fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "similarity.png"), dpi=110)
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.plot_dir, "similarity.png"), dpi=110)
     longs = [r for r in rs if r.get("long")]
     if longs:   # streaming past the trained length (--long): one panel per curve
         keys = list(longs[0]["long"])
@@ -688,8 +752,9 @@ def cli_plot(cfg):
             ax.axvline(len(r["scores"]["curves"]["fd_frame"]) + 0.5, color="k", ls=":")
             ax.set(title=k, xlabel="frame (dotted: trained length)")
         axes[0].legend(fontsize=7)
-        fig.tight_layout(), fig.savefig(os.path.join(cfg.plot_dir, "long.png"), dpi=110)
-    print(f"wrote {cfg.plot_dir}/per_frame.png" + (" similarity.png" if sims else "") + (" long.png" if longs else ""))
+        fig.tight_layout()
+        fig.savefig(os.path.join(cfg.plot_dir, "long.png"), dpi=110)
+    print(f"wrote {cfg.plot_dir}/per_frame.png" + " similarity.png" * bool(sims) + " long.png" * bool(longs))
 
 
 def cli_train(cfg, argv):
@@ -715,7 +780,8 @@ def print_result(r, cfg):
     for d, x in s["dimensions"].items():
         if d == SEMANTIC[0]:
             print(f"{'QUALITY (weighted)':60s}{s['quality']:7.3f}")
-        print(f"{d:24s} {x['raw']:8.4f} {x['real']:8.4f} {x['anchor']:8.4f} {x['anchor_kind']:>9s} {x['norm']:7.3f}")
+        print(f"{d:24s} {x['raw']:8.4f} {x['real']:8.4f} {x['anchor']:8.4f} {x['anchor_kind']:>9s} "
+              f"{x['norm']:7.3f}")
     print(f"{'SEMANTIC':60s}{s['semantic']:7.3f}\n{'TOTAL (4 Q + S) / 5':60s}{s['total']:7.3f}")
     print(f"FVD-synth {fv['fd']:.1f} +- {fv['boot_sd']:.1f} (real-vs-real floor {fv['floor']:.1f} "
           f"+- {fv['floor_boot_sd']:.1f}, N={fv['n']}) | clip-net direction accuracy {s['clip_direction']:.3f}")
@@ -729,9 +795,9 @@ def print_result(r, cfg):
 
 
 def main(argv):
-    cfg = M.parse_args(EvalConfig(), argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = M.parse_args(EvalConfig(), argv, PRESETS, __doc__)
+    if cfg.diagnose:
+        return diagnose(cfg.diagnose)
     if cfg.compare:
         return cli_compare(cfg)
     if cfg.table:
@@ -741,7 +807,7 @@ def main(argv):
     if cfg.train:
         return cli_train(cfg, argv)
     if not cfg.ckpt:
-        sys.exit("error: give --ckpt=PATH to score, --train=true to make the evaluator, or --compare=a.json,b.json")
+        sys.exit("error: give --ckpt=PATH to score, or one of --train, --compare, --table, --plot, --diagnose")
     t_start = time.perf_counter()
     try:
         ev = load_evaluator(cfg.evaluator)
@@ -750,10 +816,10 @@ def main(argv):
     ck = M.load_checkpoint(cfg.ckpt, ("student", "teacher"))
     mc = M.ModelConfig(**ck["model_cfg"])
     if (mc.size, mc.frames) != (ev["size"], ev["frames"]):
-        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames, the model makes "
-                 f"{mc.size} x {mc.frames}; train one: python eval.py --train=true --size={mc.size} "
+        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames, the model "
+                 f"makes {mc.size} x {mc.frames}; train one: python eval.py --train=true --size={mc.size} "
                  f"--frames={mc.frames} --evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
-    _, _, device, _ = M.setup(cfg.device, cfg.seed)
+    _, _, device = M.setup(cfg.device, cfg.seed)
     prompts, heldout = prompt_grid(cfg.n, "train", cfg.seed), prompt_grid(cfg.n_heldout, "heldout", cfg.seed)
     t, t0 = {}, time.perf_counter()
     try:
@@ -778,7 +844,8 @@ def main(argv):
             print(f"long {k + '(t)':16s}" + " ".join(f"{x:.3f}" for x in v))
     name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
     result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
-                  world=asdict(world), prompts=[p["caption"] for p in prompts], noise_seeds=[p["noise"] for p in prompts], scores=scores,
+                  world=asdict(world), prompts=[p["caption"] for p in prompts],
+                  noise_seeds=[p["noise"] for p in prompts], scores=scores,
                   heldout={d: dict(model=held[d].mean().item(), real=ref_h["ceil"][d]) for d in SEMANTIC},
                   similarity=sim and dict(blocks=sim[0].tolist(), frames=sim[1].tolist()), timings=t,
                   long=long if cfg.long and mc.causal else None)
@@ -788,7 +855,8 @@ def main(argv):
     with open(path, "w") as f:
         json.dump(result, f)
     print(f"time: sample {t['sample']:.1f} s | held-out {t['sample_heldout']:.1f} s | similarity "
-          f"{t['similarity']:.1f} s | evaluate {t['evaluate']:.1f} s | total {time.perf_counter() - t_start:.1f} s"
+          f"{t['similarity']:.1f} s | evaluate {t['evaluate']:.1f} s | "
+          f"total {time.perf_counter() - t_start:.1f} s"
           f" | wrote {path}")
 
 

@@ -8,14 +8,14 @@ The network: one video diffusion transformer (DiT) for every role in the pipelin
 
 Layout, used everywhere: video (B, F, C, H, W) in [-1, 1]; each frame is cut into N = (H/p)(W/p)
 patches, so tokens are (B, F*N, D), frame-major. Noise levels are per frame: sigma (B, F) in [0, 1].
-Flow matching (rectified flow): x_s = (1 - s) x0 + s eps, the network predicts v = eps - x0, and
-x0 = x_s - s v. Positions: fixed sinusoidal (frame, row, col) embeddings added to the tokens plus a
-3-D rotary embedding in self-attention; a rolling KV window streams past the trained length (RoPE
-sees true offsets, the absolute frame embedding stays inside the trained range).
-The bottom of the file holds what every script shares: the --key=value CLI, checkpoints, DDP.
+Flow matching (rectified flow, docs/algorithms.md §1.1): x_s = (1 - s) x0 + s eps, the network
+predicts v = eps - x0, and x0 = x_s - s v.
+The bottom of the file holds what every script shares: the --key=value CLI, checkpoints, devices, DDP.
 """
+import inspect
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, fields
 
@@ -42,7 +42,7 @@ class ModelConfig:
     causal: bool = False        # block-causal attention (student) or bidirectional (teacher)
     frames_per_block: int = 2   # frames denoised together by the causal student
     shift: float = 2.0          # timestep shift s: sigma -> s*sigma / (1 + (s-1)*sigma)
-    rope: bool = True           # 3-D rotary embedding in self-attention (besides the fixed sinusoidal positions)
+    rope: bool = True           # 3-D rotary embedding in self-attention (besides the absolute positions)
 
 
 # size presets shared by the scripts; `tiny` trains on a 2-core CPU
@@ -55,7 +55,7 @@ MODELS = {
 
 
 # -----------------------------------------------------------------------------
-# flow matching: noise levels and conversions (Self Forcing, algorithms.md section 1)
+# flow matching: noise levels and conversions (docs/algorithms.md §1)
 
 def add_noise(x0, eps, sigma):
     """x_s = (1 - s) x0 + s eps; sigma broadcasts from (B, F)."""
@@ -72,61 +72,62 @@ def x0_to_v(x, x0, sigma):
 
 
 def shift_sigma(u, shift):
-    """The timestep shift used by SD3 / Wan / Self Forcing; u is a uniform noise level in [0, 1]."""
+    """The timestep shift of SD3 / Wan / Self Forcing; u is a uniform noise level in [0, 1]."""
     return shift * u / (1 + (shift - 1) * u)
 
 
 def few_step_sigmas(n_steps, shift):
-    """Self Forcing's warped list: [1000, 750, 500, 250] -> sigmas shift([1, .75, .5, .25]) for 4 steps."""
+    """Self Forcing's warped list: timesteps [1000, 750, 500, 250] -> shift([1, .75, .5, .25])."""
     return [shift_sigma(1 - i / n_steps, shift) for i in range(n_steps)]
 
 
 # -----------------------------------------------------------------------------
-# the network
+# positions
 
 def sinusoidal(x, dim):
-    """(...,) -> (..., dim) sinusoidal features of a scalar (noise level x 1000)."""
+    """(...,) -> (..., dim) sinusoidal features of a scalar (noise level x 1000, or a position)."""
     freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=x.device) / (dim // 2))
     ang = x[..., None].float() * freqs
     return torch.cat([ang.cos(), ang.sin()], dim=-1)
 
 
+def _grid(f, r, c, rows, cols):
+    """Per-axis tables f (F, d), r (rows, d), c (cols, d) -> (F*rows*cols, 3d), frame-major."""
+    frames = len(f)
+    return torch.cat([f[:, None, None].expand(-1, rows, cols, -1),
+                      r[None, :, None].expand(frames, -1, cols, -1),
+                      c[None, None, :].expand(frames, rows, -1, -1)], dim=-1).flatten(0, 2)
+
+
 @kernels.eager_memo
 def abs_positions(frames, rows, cols, dim, frame_start=0, device="cpu"):
     """Fixed sinusoidal (frame, row, col) embeddings added to the tokens, (F*h*w, dim). RoPE alone
-    scores (time, space) offsets as a sum of separate terms, so 'the object moved v*dt pixels in dt
-    frames' is hard to express; with absolute codes in the tokens the MLPs can mix time and space
-    (a teacher with RoPE only learnt static objects; the design's probe with fixed positions moved)."""
-    d = dim // 3 // 2 * 2                                                     # even share per axis
-    f = sinusoidal(torch.arange(frame_start, frame_start + frames, device=device).float(), d)
-    r, c = sinusoidal(torch.arange(rows, device=device).float(), d), sinusoidal(torch.arange(cols, device=device).float(), d)
-    pe = torch.cat([f[:, None, None].expand(-1, rows, cols, -1), r[None, :, None].expand(frames, -1, cols, -1),
-                    c[None, None, :].expand(frames, rows, -1, -1)], dim=-1).flatten(0, 2)
-    return F.pad(pe, (0, dim - 3 * d))
+    scores time and space offsets as separate terms; absolute codes in the tokens let the MLPs mix
+    them, which motion ('v*dt pixels in dt frames') needs (docs/algorithms.md §2.4)."""
+    d = dim // 3 // 2 * 2                                                    # even share per axis
+    axis = lambda n, start=0: sinusoidal(torch.arange(start, start + n, device=device).float(), d)
+    return F.pad(_grid(axis(frames, frame_start), axis(rows), axis(cols), rows, cols), (0, dim - 3 * d))
 
 
 @kernels.eager_memo
 def rope_tables(frames, rows, cols, head_dim, frame_start=0, device="cpu"):
-    """cos/sin (frames*rows*cols, head_dim/2) of 3-D RoPE: the head dim is split between frame,
+    """cos / sin (frames*rows*cols, head_dim/2) of 3-D RoPE: the head dim is split between frame,
     row and column as in Wan (time gets the remainder)."""
     d_hw = 2 * (head_dim // 6)
     parts = [(torch.arange(frame_start, frame_start + frames), head_dim - 2 * d_hw),
              (torch.arange(rows), d_hw), (torch.arange(cols), d_hw)]
-    angles = []
-    for pos, d in parts:
-        inv = 1.0 / (100.0 ** (torch.arange(0, d, 2).float() / d))           # (d/2,)
-        angles.append(pos.float()[:, None] * inv)                           # (n, d/2)
-    f, r, c = angles
-    a = torch.cat([f[:, None, None].expand(-1, rows, cols, -1),             # (F, h, w, hd/2)
-                   r[None, :, None].expand(frames, -1, cols, -1),
-                   c[None, None, :].expand(frames, rows, -1, -1)], dim=-1).flatten(0, 2)
+    angles = [pos.float()[:, None] * (1.0 / 100.0 ** (torch.arange(0, d, 2).float() / d)) for pos, d in parts]
+    a = _grid(*angles, rows, cols)                                            # (F*h*w, hd/2)
     return a.cos().to(device), a.sin().to(device)
 
 
+# -----------------------------------------------------------------------------
+# the network
+
 class KVCache:
-    """Committed context for streaming: per layer, the clean K/V (B, H, L, hd) of the frames so far.
-    A block is denoised against it (write=False), then committed with one forward at sigma=0
-    (write=True). With a window, only the last `window` frames are kept (rolling cache)."""
+    """Committed context for streaming (docs/algorithms.md §2.2): per layer, the clean K/V (B, H, L, hd)
+    of the frames so far. A block is denoised against it (write=False), then committed with one
+    forward at sigma=0 (write=True). With a window, only the last `window` frames are kept."""
 
     def __init__(self, depth, tokens_per_frame, window=0):
         self.k, self.v = [None] * depth, [None] * depth
@@ -156,7 +157,7 @@ class Attention(nn.Module):
     def forward(self, x, ctx=None, ctx_mask=None, rope=None, attend=None):
         B, L, D = x.shape
         src = x if ctx is None else ctx
-        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2)                 # (B, H, L, hd)
+        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2)                  # (B, H, L, hd)
         k, v = self.kv(src).view(B, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.cross:
@@ -179,7 +180,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), kernels.GELUTanh(),
                                  nn.Linear(mlp_ratio * dim, dim))
         self.ada = nn.Linear(dim, 6 * dim)
-        nn.init.zeros_(self.ada.weight), nn.init.zeros_(self.ada.bias)   # every block starts as identity
+        nn.init.zeros_(self.ada.weight)   # adaLN-Zero: every block starts as the identity
+        nn.init.zeros_(self.ada.bias)
 
     def forward(self, x, c, ctx, ctx_mask, rope, attend):
         B, Fr = c.shape[:2]
@@ -198,25 +200,27 @@ class DiT(nn.Module):
         self.cfg = cfg
         D, p = cfg.dim, cfg.patch
         self.grid = cfg.size // p                                                 # patches per side
-        # position tables of the trained frames as buffers (not saved): constants under torch.compile,
-        # whose backward otherwise recomputed RoPE's cos / sin per element (7% of a training step)
-        self.register_buffer("pos_table", abs_positions(cfg.frames, self.grid, self.grid, D), persistent=False)
-        cos, sin = rope_tables(cfg.frames, self.grid, self.grid, D // cfg.heads)
-        self.register_buffer("rope_cos", cos, persistent=False), self.register_buffer("rope_sin", sin, persistent=False)
+        # position tables of the trained frames as (unsaved) buffers: constants under torch.compile
+        g = self.grid
+        self.register_buffer("pos_table", abs_positions(cfg.frames, g, g, D), persistent=False)
+        cos, sin = rope_tables(cfg.frames, g, g, D // cfg.heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.patch_in = nn.Linear(cfg.channels * p * p, D)
         self.t_embed = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         # caption encoder: token + position embeddings, a small transformer, a pooled vector
         self.tok = nn.Embedding(cfg.vocab, D)
         self.tok_pos = nn.Parameter(torch.randn(cfg.text_len, D) * 0.02)
-        self.text = nn.ModuleList(nn.TransformerEncoderLayer(D, cfg.heads, cfg.mlp_ratio * D, 0.0, "gelu",
-                                                             batch_first=True, norm_first=True)
-                                  for _ in range(cfg.text_depth))
+        layer = lambda: nn.TransformerEncoderLayer(D, cfg.heads, cfg.mlp_ratio * D, 0.0, "gelu",
+                                                   batch_first=True, norm_first=True)
+        self.text = nn.ModuleList(layer() for _ in range(cfg.text_depth))
         self.text_pool = nn.Linear(D, D)
         self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.ada_out = nn.Linear(D, 2 * D)
         self.patch_out = nn.Linear(D, cfg.channels * p * p)
-        for m in (self.ada_out, self.patch_out):                                 # adaLN-Zero output
-            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+        for m in (self.ada_out, self.patch_out):                                  # adaLN-Zero output
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def encode_text(self, ids):
         """ids (B, Lt) -> (ctx (B, Lt, D), mask (B, Lt) True = real token, pooled (B, D))."""
@@ -235,18 +239,18 @@ class DiT(nn.Module):
         p, g, cfg = self.cfg.patch, self.grid, self.cfg
         tokens = x.view(B, Fr, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, Fr * g * g, C * p * p)
         start = cache.frames if cache else 0
-        # streaming past the trained length: the absolute embedding stays at the last trained block's
-        # frames (frames 8..31 at their own positions made the rolling rollout dissolve into noise);
-        # RoPE keeps the true frame offsets
+        # past the trained length the absolute embedding stays at the last trained frames, while
+        # RoPE keeps the true offsets (docs/algorithms.md §2.4)
         pos = min(start, cfg.frames - Fr) if cache is not None else start
-        rows = lambda t, f: t[f * g * g:(f + Fr) * g * g]                       # frames f..f+Fr-1 of a table
-        trained = lambda f: f + Fr <= cfg.frames                                  # within the buffers
+        rows = lambda t, f: t[f * g * g:(f + Fr) * g * g]                        # frames f..f+Fr-1 of a table
+        trained = lambda f: f + Fr <= cfg.frames                                  # inside the buffers
         pe = rows(self.pos_table, pos) if trained(pos) else abs_positions(Fr, g, g, cfg.dim, pos, x.device)
         h = self.patch_in(tokens) + pe                                            # (B, F*N, D)
         rope = None
-        if cfg.rope:
-            rope = (rows(self.rope_cos, start), rows(self.rope_sin, start)) if trained(start) else \
-                rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device)
+        if cfg.rope and trained(start):
+            rope = (rows(self.rope_cos, start), rows(self.rope_sin, start))
+        elif cfg.rope:
+            rope = rope_tables(Fr, g, g, cfg.dim // cfg.heads, start, x.device)
         ctx, ctx_mask, pooled = self.encode_text(text) if torch.is_tensor(text) else text
         c = self.t_embed(sinusoidal(sigma * 1000, cfg.dim)) + pooled[:, None]     # (B, F, D)
         feats = []
@@ -256,7 +260,7 @@ class DiT(nn.Module):
             elif cfg.causal:
                 attend = lambda q, k, v: kernels.block_causal_attention(q, k, v, cfg.frames_per_block * g * g)
             else:
-                attend = lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
+                attend = F.scaled_dot_product_attention
             h = block(h, c, ctx, ctx_mask, rope, attend)
             feats.append(h)
         if cache is not None and cache.write:
@@ -270,11 +274,15 @@ class DiT(nn.Module):
         return KVCache(self.cfg.depth, self.grid ** 2, window)
 
 
+# -----------------------------------------------------------------------------
+# sampling: many-step Euler with CFG (teacher), few-step causal rollout (student)
+
 def guided_x0(model, x, sigma, text_c, text_u, scale):
-    """Classifier-free guidance on x0: x0_u + scale * (x0_c - x0_u), one batched forward."""
+    """Classifier-free guidance on x0, x0_u + scale (x0_c - x0_u), in one batched forward
+    (docs/algorithms.md §5: scale 3 here is Self Forcing's guidance_scale 2)."""
     both = tuple(torch.cat([a, b]) for a, b in zip(text_c, text_u))     # a tuple, as encode_text returns
-    v = model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
-    x0_c, x0_u = v_to_x0(torch.cat([x, x]), v, torch.cat([sigma, sigma])).chunk(2)
+    x2, s2 = torch.cat([x, x]), torch.cat([sigma, sigma])
+    x0_c, x0_u = v_to_x0(x2, model(x2, s2, both), s2).chunk(2)
     return x0_u + scale * (x0_c - x0_u)
 
 
@@ -282,7 +290,7 @@ def guided_x0(model, x, sigma, text_c, text_u, scale):
 def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), context=None):
     """Many-step Euler sampler of the flow ODE with CFG on the uniform-then-shifted grid.
     Returns x0 and {sigma: x_sigma} for every grid sigma in keep_sigmas (ODE-init trajectories).
-    context (B, k, C, H, W): the first k frames are given clean (sigma 0) and only the rest is sampled."""
+    context (B, k, C, H, W): the first k frames are given clean (sigma 0); only the rest is sampled."""
     sigmas = [shift_sigma(1 - i / n_steps, model.cfg.shift) for i in range(n_steps)] + [0.0]
     x, kept, k0 = noise.clone(), {}, 0 if context is None else context.shape[1]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
@@ -291,9 +299,9 @@ def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), c
                 kept[k] = x
         sig = torch.full(x.shape[:2], s, device=x.device)
         if k0:
-            x[:, :k0], sig[:, :k0] = context, 0.0                # (B, k, C, H, W): clean context frames
+            x[:, :k0], sig[:, :k0] = context, 0.0                               # (B, k, C, H, W) clean frames
         x0 = guided_x0(model, x, sig, text_c, text_u, scale)
-        # Euler: x_{s'} = x_s + (s' - s) v; context frames (sigma 0) get a finite dummy v and are reset
+        # Euler: x_s' = x_s + (s' - s) v; the context frames (sigma 0) get a finite dummy v and are reset
         x = x + (s_next - s) * x0_to_v(x, x0, sig.clamp_min(1e-6))
     if k0:
         x[:, :k0] = context
@@ -304,58 +312,86 @@ def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), c
 
 def block_schedules(n_blocks, steps, first_steps=0, sigmas=None):
     """Per block, the sigmas it is denoised through: the first `steps` of the warped list, and
-    `first_steps` for block 0 when First-Frame Enhancement is on (the paper's 1* / 2*)."""
+    `first_steps` for block 0 with First-Frame Enhancement (the paper's 1* / 2*; docs/algorithms.md §7)."""
     return [sigmas[:first_steps if (b == 0 and first_steps) else steps] for b in range(n_blocks)]
 
 
-def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trace=False, on_block=None):
-    """Causal few-step generation with the KV cache (Self Forcing, algorithms.md 2.1 and 2.5).
-    noise (B, F, C, H, W) with F a multiple of frames_per_block (may exceed the trained length when
-    a rolling `window` of frames is set). Per block: denoise through its schedule, predicting x0 and
+def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trace=False, on_block=None,
+            first_frame=None):
+    """Causal few-step generation with the KV cache (Self Forcing; docs/algorithms.md §2.2, §4.1).
+    noise (B, F, C, H, W), F a multiple of frames_per_block (beyond the trained length with a rolling
+    `window` of frames). Per block: denoise through its schedule, each step predicting x0 and
     re-noising it to the next sigma with fresh noise; the last forward is the block's exit and keeps
-    its graph when grad=True; then a no-grad commit pass at sigma=0 writes the clean K/V (none
-    after the last block: nothing reads it).
-    Returns x0 (B, F, C, H, W), and with trace=True also [block][step] -> x0 predictions.
+    its graph when grad=True; then a no-grad commit pass at sigma 0 writes the block's clean K/V
+    (none after the last block: nothing reads it).
+    first_frame (B, C, H, W): image-to-video, frame 0 is given clean (sigma 0) inside block 0.
+    Returns x0 (B, F, C, H, W), with trace=True also [block][step] -> x0 predictions.
     on_block(b, x0) is called as soon as block b is denoised (streaming display, latency)."""
-    fpb, B = G.cfg.frames_per_block, noise.shape[0]
+    fpb, B, dev = G.cfg.frames_per_block, noise.shape[0], noise.device
     cache, outs, steps = G.new_cache(window), [], []
     with torch.set_grad_enabled(grad):
         text = G.encode_text(ids)
     for b, sched in enumerate(schedules):
         x = noise[:, b * fpb:(b + 1) * fpb].contiguous()   # (B, fpb, C, H, W); contiguous: one compiled graph
+        given = first_frame is not None and b == 0
         steps.append([])
         for k, s in enumerate(sched):
             exit_ = k == len(sched) - 1
-            sig = torch.full((B, fpb), s, device=noise.device)
+            sig = torch.full((B, fpb), s, device=dev)
+            if given:                                      # image-to-video: frame 0 is clean context
+                x, sig = x.clone(), sig.clone()
+                x[:, 0], sig[:, 0] = first_frame, 0.0
             with torch.set_grad_enabled(grad and exit_):   # gradient only through the exit forward
                 x0 = v_to_x0(x, G(x, sig, text, cache=cache), sig)
             steps[-1].append(x0.detach())
             if not exit_:   # consistency-style: re-noise the x0 prediction to the next level
-                eps = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
-                x = add_noise(x0.detach(), eps, torch.full((B, fpb), sched[k + 1], device=noise.device))
+                eps = torch.randn(x.shape, generator=generator, device="cpu").to(dev)
+                x = add_noise(x0.detach(), eps, torch.full((B, fpb), sched[k + 1], device=dev))
         outs.append(x0)
         if on_block:
             on_block(b, x0)
         if b == len(schedules) - 1:
             break
-        with torch.no_grad():                              # commit: clean K/V of this block at sigma=0
+        with torch.no_grad():                              # commit: clean K/V of this block at sigma 0
             cache.write = True
-            G(x0.detach(), torch.zeros(B, fpb, device=noise.device), text, cache=cache)
+            G(x0.detach(), torch.zeros(B, fpb, device=dev), text, cache=cache)
             cache.write = False
     video = torch.cat(outs, dim=1)
     return (video, steps) if trace else video
 
 
 # -----------------------------------------------------------------------------
-# shared by the scripts: --key=value CLI, checkpoints, devices and DDP
+# shared by the scripts: --key=value CLI with --help, checkpoints, devices and DDP
 
-def parse_args(cfg, argv, presets=None):
+def help_text(cfg, presets, doc):
+    """The script's docstring, every option with its default and its one-line comment, the presets."""
+    comments = {}
+    for line in inspect.getsource(type(cfg)).splitlines():
+        m = re.match(r"\s+(\w+):[^#]*#\s?(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2)
+    out = [(doc or "").strip(), "", "options (--key=value or --key value; -h / --help prints this):"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        opt = f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}"
+        out.append(f"  {opt:34s} {comments.get(f.name, '')}")
+    if presets:
+        out += ["", "presets (--preset=name; options given beside it win):"]
+        for name, over in presets.items():
+            out.append(f"  {name:6s} " + (" ".join(f"--{k}={v}" for k, v in over.items()) or "(the defaults)"))
+    return "\n".join(out)
+
+
+def parse_args(cfg, argv, presets=None, doc=None):
     """Apply --preset=name then --key=value overrides to a dataclass; bad input exits with one line."""
+    if "-h" in argv or "--help" in argv:
+        print(help_text(cfg, presets, doc))
+        sys.exit(0)
     kv, argv = {}, list(argv)
     while argv:   # --key=value or --key value
         a = argv.pop(0)
         if not a.startswith("--") or ("=" not in a and (not argv or argv[0].startswith("--"))):
-            sys.exit(f"error: expected --key=value or --key value, got {a!r}")
+            sys.exit(f"error: expected --key=value or --key value, got {a!r} (--help lists the options)")
         k, v = a[2:].split("=", 1) if "=" in a else (a[2:], argv.pop(0))
         kv[k.replace("-", "_")] = v
     if "preset" in kv:
@@ -366,7 +402,7 @@ def parse_args(cfg, argv, presets=None):
     types = {f.name: type(getattr(cfg, f.name)) for f in fields(cfg)}
     for k, v in kv.items():
         if k not in types:
-            sys.exit(f"error: unknown option --{k} (options: {', '.join('--' + n for n in types)})")
+            sys.exit(f"error: unknown option --{k} (--help lists the options)")
         t = types[k]
         try:
             val = {"true": True, "1": True, "false": False, "0": False}[v.lower()] if t is bool else t(v)
@@ -417,19 +453,25 @@ def build_model(ck, weights="ema"):
 
 
 def setup(device="auto", seed=0):
-    """Device autodetect and DDP from torchrun's RANK variable: (rank, world, device, autocast dtype)."""
+    """Device autodetect, TF32 on CUDA, and DDP from torchrun's RANK variable -> (rank, world, device)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True   # what is left in fp32 under bf16 autocast
+        torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not torch.distributed.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", 0))
         if device == "cuda":
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     torch.manual_seed(seed + rank)
-    dtype = torch.bfloat16 if device.startswith("cuda") else None     # bf16 autocast on CUDA only
-    return rank, world, torch.device(device), dtype
+    return rank, world, torch.device(device)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; a no-op elsewhere (fp32 on CPU, where bf16 matmuls are slow)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def compile_sampler(net):
@@ -441,8 +483,7 @@ def compile_sampler(net):
 
 def teardown():
     """End DDP: wait for every rank (rank 0 may still be writing a checkpoint), then destroy the
-    process group (destroying it while a peer was still busy once aborted a gloo rank at exit:
-    'terminate called without an active exception')."""
+    process group (destroying it while a peer is still busy can abort a gloo rank at exit)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -458,6 +499,13 @@ def broadcast_int(x, device):
     return int(t.item())
 
 
+def check_finite(value, what, step, path):
+    """Stop training with one line when a loss or gradient norm is not finite (bf16 makes this
+    likelier); checkpoints are only written after good steps, so the last one stays intact."""
+    if not math.isfinite(float(value)):
+        last = f"the last good checkpoint is {path}" if path and os.path.exists(path) else "no checkpoint written"
+        sys.exit(f"error: non-finite {what} ({float(value)}) at step {step}; {last}")
+
+
 def count_params(m):
     return sum(p.numel() for p in m.parameters())
-

@@ -1,15 +1,19 @@
 """
 Sample videos: the causal student with 1, 2 or 4 steps per block (FFE on by default), or the
-teacher with many Euler steps and CFG. Writes an mp4 (h264), a gif and a PNG grid of frames.
+teacher with many Euler steps and CFG. Writes a gif, a PNG grid of frames and, with imageio-ffmpeg,
+an mp4 (h264).
 
     python sample.py --steps 1                                    # shipped ASD student, 1* steps
     python sample.py --steps 2 --ffe false                        # plain 2 steps, no FFE
     python sample.py --prompt "a red circle moving left on a dark background" --n 4 --seed 3
     python sample.py --frames 32                                  # stream 4x the trained length
-    python sample.py --ckpt ckpt/teacher_tiny.pt --steps 32 --cfg 3   # the teacher
+    python sample.py --ckpt ckpt/teacher_tiny.pt --steps 32       # the teacher, CFG 3
+    python sample.py --device cuda --compile true                 # one GPU (bf16 autocast)
 
-The model is rebuilt from the checkpoint alone (EMA weights, config, tokenizer).
+The model is rebuilt from the checkpoint alone (EMA weights, config, tokenizer). eval.py samples
+through generate() below, so what it scores is what this script shows.
 """
+import importlib.util
 import os
 import sys
 import time
@@ -36,7 +40,39 @@ class SampleConfig:
     out: str = "out/samples"        # output folder
     fps: int = 8                    # frames per second of the mp4 / gif
     device: str = "auto"            # auto | cpu | cuda | mps
-    compile: bool = False           # torch.compile the network: ~1.5x on large batches, ~1.7x streaming at batch 1, after a compile of 10 s to minutes
+    compile: bool = False           # torch.compile the network (pays off on long streams)
+
+
+def load(ck, device="cpu"):
+    """(net, tokenizer, n_max) from a checkpoint dict: EMA weights; n_max = the student's trained steps."""
+    net = M.build_model(ck).to(device).eval()
+    tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=net.cfg.text_len)
+    return net, tok, ck.get("train_cfg", {}).get("n_steps", 4)
+
+
+def label(causal, steps, first_steps):
+    """The paper's names: '1*' = 1 step with FFE, '2' = 2 steps; 'teacher32' = 32 Euler steps."""
+    return (f"{steps}*" if first_steps else f"{steps}") if causal else f"teacher{steps}"
+
+
+@torch.no_grad()
+def generate(net, ids, ids_u, noise, steps, first_steps=0, n_max=4, cfg=3.0, generator=None, on_block=None):
+    """One batch of videos (B, F, C, H, W) from noise (B, F, C, H, W) and caption ids (B, Lt).
+    Student: the KV-cached causal rollout, `steps` per block and `first_steps` for block 0 (FFE; 0 = off),
+    with a rolling window past the trained length. Teacher: Euler with CFG `cfg` (ids_u = empty captions)."""
+    mc = net.cfg
+    with M.autocast(noise.device):
+        if not mc.causal:
+            return M.euler_sample(net, noise, net.encode_text(ids), net.encode_text(ids_u), steps, cfg)[0].float()
+        sched = M.block_schedules(noise.shape[1] // mc.frames_per_block, steps, first_steps,
+                                  M.few_step_sigmas(n_max, mc.shift))
+        # past the trained length, keep a rolling window so that context + block = the trained span
+        window = mc.frames - mc.frames_per_block if noise.shape[1] > mc.frames else 0
+        return M.rollout(net, noise, ids, sched, window=window, generator=generator, on_block=on_block).float()
+
+
+def has_ffmpeg():
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 def to_uint8(video):
@@ -45,28 +81,32 @@ def to_uint8(video):
 
 
 def write_outputs(videos, captions, path, fps):
-    """videos (B, F, C, H, W): a side-by-side mp4 and gif (upscaled 4x), and a PNG grid (rows = videos)."""
+    """videos (B, F, C, H, W): a side-by-side gif and mp4 (upscaled 4x), and a PNG grid (rows = videos).
+    Returns the files written."""
     import imageio.v3 as iio
-    frames = to_uint8(videos)                                              # (B, F, H, W, C)
+    frames = to_uint8(videos)                                               # (B, F, H, W, C)
     movie = np.concatenate(list(frames), axis=2).repeat(4, 1).repeat(4, 2)  # (F, 4H, 4*B*W, C)
-    iio.imwrite(path + ".gif", movie, duration=1000 // fps, loop=0)
-    iio.imwrite(path + ".mp4", movie, fps=fps, codec="libx264", macro_block_size=1)
     grid = np.concatenate([np.concatenate(list(v), axis=1) for v in frames], axis=0)   # (B*H, F*W, C)
+    iio.imwrite(path + ".gif", movie, duration=1000 // fps, loop=0)
     iio.imwrite(path + ".png", grid.repeat(4, 0).repeat(4, 1))
     with open(path + ".txt", "w") as f:
         f.write("\n".join(captions) + "\n")
+    written = [path + ".gif", path + ".png"]
+    if has_ffmpeg():   # without the plugin imageio would pick its TIFF writer and fail on fps
+        iio.imwrite(path + ".mp4", movie, fps=fps, codec="libx264", macro_block_size=1)
+        written.insert(0, path + ".mp4")
+    return written
 
 
 def main(argv):
-    cfg = M.parse_args(SampleConfig(), argv)
+    cfg = M.parse_args(SampleConfig(), argv, doc=__doc__)
     ck = M.load_checkpoint(cfg.ckpt, ("student", "teacher"))
-    _, _, device, _ = M.setup(cfg.device, cfg.seed)
-    net = M.build_model(ck).to(device).eval()
+    _, _, device = M.setup(cfg.device, cfg.seed)
+    net, tok, n_max = load(ck, device)
     mc = net.cfg
     if cfg.compile:
         net = M.compile_sampler(net)
-    tok = data.Tokenizer(bytes(ck["tokenizer"].tolist()), max_len=mc.text_len)
-    if cfg.prompt.strip() == "" and "--prompt" in " ".join(argv):
+    if cfg.prompt.strip() == "" and any(a.startswith("--prompt") for a in argv):
         sys.exit("error: --prompt is empty; give a caption such as 'a red circle moving left on a dark background'")
     captions = [cfg.prompt] * cfg.n if cfg.prompt else \
         [data.make_clip([cfg.seed, 3, i], data.WorldConfig(frames=1))[1] for i in range(cfg.n)]
@@ -74,44 +114,35 @@ def main(argv):
     if unknown:
         print(f"warning: words the tokenizer has never seen are ignored as <unk>: {', '.join(unknown)}")
     try:
-        ids = tok.encode(captions).to(device)
+        ids, ids_u = tok.encode(captions).to(device), tok.encode([""] * cfg.n).to(device)
     except ValueError as e:
         sys.exit(f"error: {e}")
     frames = cfg.frames or mc.frames
+    first_steps = cfg.first_steps if mc.causal and cfg.ffe and cfg.first_steps > cfg.steps else 0
     if cfg.steps < 1 or frames < 1:
         sys.exit("error: --steps and --frames must be positive")
+    if mc.causal and frames % mc.frames_per_block:
+        sys.exit(f"error: --frames must be a multiple of the block size {mc.frames_per_block}")
+    if mc.causal and max(cfg.steps, first_steps) > n_max:
+        sys.exit(f"error: this student was trained for at most {n_max} steps per block")
+    if not mc.causal and frames != mc.frames:
+        sys.exit(f"error: the bidirectional teacher generates exactly {mc.frames} frames")
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.n, frames, mc.channels, mc.size, mc.size), generator=g).to(device)
-    first = {}
-    t0 = time.perf_counter()
-    if mc.causal:
-        if frames % mc.frames_per_block:
-            sys.exit(f"error: --frames must be a multiple of the block size {mc.frames_per_block}")
-        n_max = ck.get("train_cfg", {}).get("n_steps", 4)
-        sigmas = M.few_step_sigmas(n_max, mc.shift)
-        if max(cfg.steps, cfg.first_steps if cfg.ffe else 0) > n_max:
-            sys.exit(f"error: this student was trained for at most {n_max} steps per block")
-        ffe = cfg.first_steps if cfg.ffe and cfg.first_steps > cfg.steps else 0
-        label = f"{cfg.steps}*" if ffe else f"{cfg.steps}"
-        # past the trained length, keep a rolling window so context + block = the trained span
-        window = mc.frames - mc.frames_per_block if frames > mc.frames else 0
-        with torch.no_grad():
-            videos = M.rollout(net, noise, ids, M.block_schedules(frames // mc.frames_per_block, cfg.steps, ffe, sigmas),
-                               window=window, generator=g,
-                               on_block=lambda b, x: first.setdefault("t", time.perf_counter()))
-    else:
-        if frames != mc.frames:
-            sys.exit(f"error: the bidirectional teacher generates exactly {mc.frames} frames")
-        label = f"teacher{cfg.steps}"
-        videos, _ = M.euler_sample(net, noise, net.encode_text(ids), net.encode_text(tok.encode([""] * cfg.n).to(device)),
-                                   cfg.steps, cfg.cfg)
-        first["t"] = time.perf_counter()   # a bidirectional model shows nothing before the end
+    first, t0 = {}, time.perf_counter()
+    videos = generate(net, ids, ids_u, noise, cfg.steps, first_steps, n_max, cfg.cfg, g,
+                      on_block=lambda b, x: first.setdefault("t", time.perf_counter()))
     total = time.perf_counter() - t0
+    first.setdefault("t", time.perf_counter())   # a bidirectional model shows nothing before the end
+    name = label(mc.causal, cfg.steps, first_steps)
     os.makedirs(cfg.out, exist_ok=True)
-    path = os.path.join(cfg.out, f"sample_{label.replace('*', 'star')}")
-    write_outputs(videos, captions, path, cfg.fps)
-    print(f"{label} steps | {cfg.n} x {frames} frames | latency to first frame {(first['t'] - t0) * 1e3:.0f} ms | "
-          f"{cfg.n * frames / total:.1f} frames/s | wrote {path}.mp4 .gif .png")
+    path = os.path.join(cfg.out, f"sample_{name.replace('*', 'star')}")
+    written = write_outputs(videos, captions, path, cfg.fps)
+    print(f"{name} steps | {cfg.n} x {frames} frames | latency to first frame {(first['t'] - t0) * 1e3:.0f} ms | "
+          f"{cfg.n * frames / total:.1f} frames/s")
+    if not has_ffmpeg():
+        print("no mp4: imageio-ffmpeg is not installed (pip install imageio-ffmpeg)")
+    print("wrote " + " ".join(written))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,27 @@
 """
 Train the teacher: a bidirectional video DiT with flow matching and caption dropout (for CFG).
 
-    python teacher.py                                       # tiny preset, 2-core CPU, 13-29 min
-    python teacher.py --diagnose=ckpt/teacher_tiny.pt       # does it read each caption word? motion?
+    python teacher.py                                       # the shipped recipe, tiny model, 2-core CPU
     python teacher.py --resume=true                         # continue out/teacher.pt exactly
-    python teacher.py --preset=gpu --out=out_gpu            # one GPU (bf16 autocast)
+    python teacher.py --preset=gpu                          # one GPU (bf16 autocast) -> out_gpu/
     torchrun --standalone --nproc_per_node=8 teacher.py --preset=gpu8
     python teacher.py --data=path/to/clips                  # your own clip.mp4 + clip.txt pairs
 
-Noise levels: one per video, or for a share of the videos (--frame_noise) one per frame
-(Diffusion Forcing): a cleaner frame beside noisier ones teaches the network to continue the
-motion the caption names. The world by default: objects start with room for 8 frames of straight
-motion both ways (no bounce, and the start says nothing of the direction), and half of the videos
-get their first frame clean (image-to-video), so that where an object goes is the caption's word
-alone (README: how the teacher came to follow the direction). Writes {out}/teacher.pt (everything, for --resume) and
-{out}/teacher_ema.pt (EMA weights, configs and tokenizer: what distill.py and sample.py need).
-Every step's batch, noise and caption dropout are a pure function of (seed, step), so a resumed
-run equals an uninterrupted one and N ranks with micro-batch b see exactly the data of 1 process
-with batch N*b.
+Noise levels (docs/algorithms.md §1.4-1.5): one per video, or for a share of the videos (--frame_noise) one
+per frame (Diffusion Forcing); half of the videos get their first frame clean (image-to-video), so
+where an object goes from a known start is the caption's word alone. Writes {out}/teacher.pt
+(everything, for --resume) and {out}/teacher_ema.pt (EMA weights, configs and tokenizer: what
+distill.py and sample.py need). Every step's batch, noise and caption dropout are a pure function of
+(seed, step), so a resumed run equals an uninterrupted one, and N ranks with micro-batch b see the
+data of one process with batch N*b.
 """
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -37,20 +32,15 @@ import model as M
 @dataclass
 class TrainConfig:
     model: str = "tiny"             # size preset from model.MODELS
-    rope: bool = True               # rotary embedding in self-attention (model.ModelConfig.rope)
     out: str = "out"                # output folder
     data: str = ""                  # folder of real clips; empty = the procedural world
-    speed_min: float = 1.0          # procedural world: object speed range, pixels per frame
-    speed_max: float = 1.2
-    wall_free: int = 8              # procedural world: straight motion (no bounce) in the first N frames
-    centred: bool = True            # with wall_free: room both ways, so the start says nothing of the direction
-    steps: int = 3000               # optimizer steps
+    steps: int = 5000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
     lr: float = 6e-4                # peak learning rate (AdamW)
     warmup: int = 100               # linear warm-up steps
     min_lr: float = 0.05            # cosine decay floor, as a fraction of lr
-    weight_decay: float = 0.01      # AdamW weight decay
+    weight_decay: float = 0.01      # AdamW weight decay (matrices only)
     grad_clip: float = 1.0          # max gradient norm
     ema: float = 0.998              # EMA decay of the weights used for sampling
     p_uncond: float = 0.1           # caption dropout for classifier-free guidance
@@ -61,15 +51,14 @@ class TrainConfig:
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
     resume: bool = False            # continue from {out}/teacher.pt
     device: str = "auto"            # auto | cpu | cuda | mps
-    compile: bool = True            # torch.compile the model (before DDP; ~1 min, ~1.25x faster)
-    threads: int = 0                # CPU threads (0 = torch default)
-    diagnose: str = ""              # a teacher checkpoint: print its caption sensitivity and exit
+    compile: bool = True            # torch.compile the model, before DDP (faster steps after a compile)
 
 
 PRESETS = {
-    "tiny": dict(model="tiny"),
-    "gpu": dict(model="small", steps=20000, batch=64, lr=3e-4, compile=True),
-    "gpu8": dict(model="base", steps=40000, batch=256, lr=2e-4, compile=True),
+    "cpu": dict(),                                                           # the shipped recipe
+    "test": dict(steps=2, compile=False),                                    # seconds: checks an install
+    "gpu": dict(model="small", out="out_gpu", steps=20000, batch=64, lr=3e-4),   # on paper, not run
+    "gpu8": dict(model="base", out="out_gpu8", steps=40000, batch=256, lr=2e-4),  # on paper, not run
 }
 
 
@@ -92,14 +81,12 @@ def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
         x0, captions = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1] for c in clips]
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     eps = torch.randn((cfg.batch,) + tuple(x0.shape[1:]), generator=g)[lo:hi]
-    # noise levels drawn like the sampler's grid, shift(U(0, 1)): a first run with SD3's logit-normal
-    # levels (1.4% of draws above sigma 0.9) learnt colours but not motion, which is decided at the
-    # high noise levels where the shifted Euler grid spends a quarter of its steps
+    # levels drawn like the sampler's grid, shift(U(0, 1)): motion is decided at the high noise
+    # levels, where the shifted grid spends its first steps (docs/algorithms.md §1.4)
     shift = M.model_config(cfg.model).shift
     sigma = M.shift_sigma(torch.rand(cfg.batch, 1, generator=g), shift).expand(-1, x0.shape[1])
-    # Diffusion-Forcing-style per-frame levels for a share of the videos: a less noisy frame next to
-    # noisier ones can only be continued by reading the caption's direction (and shape), the signal
-    # that uniform levels alone give too weakly (motion barely learnt: README, open problems)
+    # Diffusion-Forcing-style per-frame levels for a share of the videos: a cleaner frame beside
+    # noisier ones can only be continued by reading the caption's direction
     per_frame = M.shift_sigma(torch.rand(cfg.batch, x0.shape[1], generator=g), shift)
     sigma = torch.where(torch.rand(cfg.batch, 1, generator=g) < cfg.frame_noise, per_frame, sigma)[lo:hi]
     drop = (torch.rand(cfg.batch, generator=g) < cfg.p_uncond)[lo:hi]
@@ -112,90 +99,34 @@ def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
 
 
 def flow_loss(model, x0, ids, eps, sigma):
-    """Flow-matching loss: mean ||v_hat - (eps - x0)||^2 at x_s = (1-s) x0 + s eps (Self Forcing 1.1).
+    """Flow-matching loss (docs/algorithms.md §1.1): mean ||v_hat - (eps - x0)||^2 at x_s = (1-s) x0 + s eps.
     sigma: (B,) one level per video, or (B, F) one per frame."""
     sig = sigma if sigma.ndim == 2 else sigma[:, None].expand(-1, x0.shape[1])
-    x = M.add_noise(x0, eps, sig)
-    v = model(x, sig, ids)
-    err = (v.float() - (eps - x0).float()).pow(2).mean((2, 3, 4))                # (B, F)
+    v = model(M.add_noise(x0, eps, sig), sig, ids)
+    err = (v.float() - (eps - x0).float()).pow(2).mean((2, 3, 4))                 # (B, F)
     keep = (sig > 0).float()          # a frame given clean (sigma 0) is context: no target to learn
     # mean over each video's kept frames, then over videos: the same whatever the split over ranks
     return ((err * keep).sum(1) / keep.sum(1).clamp_min(1)).mean()
 
 
-@torch.no_grad()
-def caption_sensitivity(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
-    """Does the teacher read each caption word? Its flow loss on n single-object clips with the true
-    caption, with one factor swapped (direction to its opposite, shape, colour), and with no caption,
-    at fixed noise levels and one fixed noise draw. A factor whose swap leaves the loss unchanged is
-    ignored by the network: it cannot appear in the samples."""
-    ck = M.load_checkpoint(path, "teacher")
-    net, tok = M.build_model(ck).eval(), data.Tokenizer(bytes(ck["tokenizer"].tolist()))
-    wc = replace(data.world_of(ck), frames=net.cfg.frames, p_two=0.0)   # the world it was trained on
-    clips = [data.make_clip([77, i], wc) for i in range(n)]
-    x0, caps = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1].split() for c in clips]
-    nxt = lambda names, w: names[(names.index(w) + 1) % len(names)]
-    swaps = {"true": lambda w: w, "direction": lambda w: w[:4] + [dict(left="right", right="left", up="down",
-                                                                        down="up")[w[4]]] + w[5:],
-             "shape": lambda w: w[:2] + [nxt(data.SHAPES, w[2])] + w[3:],
-             "colour": lambda w: w[:1] + [nxt(list(data.COLOURS), w[1])] + w[2:], "none": lambda w: []}
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-    print(f"{path}: flow loss on {n} clips, one caption factor swapped")
-    for s in sigmas:
-        sig = torch.full((n,), s)
-        losses = {k: flow_loss(net, x0, tok.encode([" ".join(f(w)) for w in caps]), eps, sig).item()
-                  for k, f in swaps.items()}
-        print(f"sigma {s:.2f}: " + " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-    # does the direction word move the object? First frame given clean, the others at sigma s: the
-    # x0 prediction's last-frame centroid, along the caption's direction, with the true and opposite word
-    from eval import track, tracker_direction
-    unit = torch.tensor([data.DIRECTIONS[w[4]] for w in caps])
-    def along(video):
-        centres = track(video)[1]
-        return ((centres[:, -1] - centres[:, 0]) * unit).sum(-1).mean().item()
-    for s in (0.9, 1.0):
-        sig = torch.full(x0.shape[:2], s)
-        sig[:, 0] = 0.0
-        x = M.add_noise(x0, eps, sig)
-        moved = {k: along(M.v_to_x0(x, net(x, sig, tok.encode([" ".join(swaps[k](w)) for w in caps])), sig))
-                 for k in ("true", "direction")}
-        print(f"first frame given, rest at sigma {s:.1f}: last frame moved {moved['true']:+.2f} px along the caption's "
-              f"direction with its word, {moved['direction']:+.2f} with the opposite word (real clips {along(x0):+.2f})")
-    # does the teacher know the motion but not commit to it when every frame starts from noise?
-    # sample the clips' captions from noise, and with the clean real first frame given
-    ids, ids_u = net.encode_text(tok.encode([" ".join(w) for w in caps])), net.encode_text(tok.encode([""] * n))
-    true = torch.tensor([list(data.DIRECTIONS).index(w[4]) for w in caps])
-    for name, ctx in (("from noise", None), ("first frame given", x0[:, :1])):
-        video = M.euler_sample(net, torch.randn(x0.shape, generator=torch.Generator().manual_seed(2)),
-                               ids, ids_u, 16, 3.0, context=ctx)[0]
-        moved = tracker_direction(track(video)[1]) == true
-        print(f"16 Euler steps, CFG 3, {name}: tracker direction accuracy {moved.float().mean():.3f} (chance 0.25)")
-
-
 def main(argv):
-    cfg = M.parse_args(TrainConfig(), argv, PRESETS)
-    if cfg.diagnose:
-        return caption_sensitivity(cfg.diagnose)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rank, world, device, amp = M.setup(cfg.device, cfg.seed)
+    cfg = M.parse_args(TrainConfig(), argv, PRESETS, __doc__)
+    rank, world, device = M.setup(cfg.device, cfg.seed)
     master = rank == 0
     micro = cfg.micro_batch or cfg.batch // world
     if cfg.batch % (micro * world):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
-    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
-                                 speed=(cfg.speed_min, cfg.speed_max), wall_free=cfg.wall_free,
-                                 centred=cfg.centred)
+    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"])
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
-    ck_path = os.path.join(cfg.out, "teacher.pt")
+    ck_path, ema_path = os.path.join(cfg.out, "teacher.pt"), os.path.join(cfg.out, "teacher_ema.pt")
 
     # ---- build: tokenizer, model, EMA, optimizer (or restore all of it) ----
     ck = M.load_checkpoint(ck_path, "teacher-train") if cfg.resume else None
     tok_bytes = bytes(ck["tokenizer"].tolist()) if ck else data.train_tokenizer(
         data.all_captions() + (folder.captions if folder else []))
     tok = data.Tokenizer(tok_bytes)
-    mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len, rope=cfg.rope)
+    mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len)
     if ck:
         M.check_same_config(ck["model_cfg"], mcfg, ck_path)
     torch.manual_seed(cfg.seed)
@@ -206,7 +137,9 @@ def main(argv):
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
     start = 0
     if ck:
-        net.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
+        net.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
         start = ck["step"]
         torch.set_rng_state(ck["rng"])
     else:
@@ -216,24 +149,22 @@ def main(argv):
     if master:
         os.makedirs(cfg.out, exist_ok=True)
         log = open(os.path.join(cfg.out, "teacher.log"), "a")
-        print(f"config {asdict(cfg)}\nmodel {asdict(mcfg)}\n{M.count_params(net) / 1e6:.2f}M parameters, "
-              f"{world} rank(s) x micro-batch {micro} x {accum} accumulation, device {device}", file=log, flush=True)
+        print(f"config {asdict(cfg)}\nmodel {asdict(mcfg)}\n{M.count_params(net) / 1e6:.2f}M parameters, {world} "
+              f"rank(s) x micro-batch {micro} x {accum} accumulation, device {device}", file=log, flush=True)
         print(f"teacher: {M.count_params(net) / 1e6:.2f}M params, {cfg.steps} steps of {cfg.batch} videos, "
               f"{world} rank(s), device {device}" + (f", resuming at step {start}" if ck else ""))
 
     def save(step):
+        common = dict(step=step, model_cfg=asdict(mcfg), train_cfg=asdict(cfg), world=asdict(world_cfg),
+                      tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8))
         M.save_checkpoint(dict(kind="teacher-train", model=net.state_dict(), ema=ema.state_dict(),
-                               opt=opt.state_dict(), step=step, rng=torch.get_rng_state(),
-                               model_cfg=asdict(mcfg), train_cfg=asdict(cfg), world=asdict(world_cfg),
-                               tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)), ck_path)
-        M.save_checkpoint(dict(kind="teacher", ema=ema.state_dict(), step=step, model_cfg=asdict(mcfg),
-                               train_cfg=asdict(cfg), world=asdict(world_cfg),
-                               tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8)),
-                          os.path.join(cfg.out, "teacher_ema.pt"))
+                               opt=opt.state_dict(), rng=torch.get_rng_state(), **common), ck_path)
+        M.save_checkpoint(dict(kind="teacher", ema=ema.state_dict(), **common), ema_path)
 
     # ---- the loop ----
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not master, dynamic_ncols=True,
+               desc="teacher")
     t_start = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()
@@ -242,12 +173,14 @@ def main(argv):
         total = 0.0
         for a in range(accum):
             lo = (rank * accum + a) * micro
-            x0, ids, eps, sigma = (t.to(device) for t in get_batch(cfg, world_cfg, tok, step, lo, lo + micro, folder))
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            batch = get_batch(cfg, world_cfg, tok, step, lo, lo + micro, folder)
+            x0, ids, eps, sigma = (t.to(device) for t in batch)
+            with M.autocast(device):
                 loss = flow_loss(fwd, x0, ids, eps, sigma) / accum
             loss.backward()
             total += loss.item()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        M.check_finite(total + gnorm.item(), "loss or gradient", step + 1, ck_path)
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():   # EMA with a short warm-up so early samples are not stuck at init
@@ -265,7 +198,7 @@ def main(argv):
         bar.close()
         minutes = (time.perf_counter() - t_start) / 60
         print(f"trained steps {start}-{end} in {minutes:.1f} min", file=log, flush=True)
-        print(f"wrote {ck_path} and {os.path.join(cfg.out, 'teacher_ema.pt')} at step {end} ({minutes:.1f} min)")
+        print(f"wrote {ck_path} and {ema_path} at step {end} ({minutes:.1f} min)")
     M.teardown()
 
 

@@ -5,6 +5,7 @@ Tests: every one asserts something that fails if the code is wrong. CPU only, he
 
 Scripts are run the way users run them (subprocess, `torchrun` for DDP) on the `test` model size.
 """
+import ast
 import json
 import os
 import random
@@ -21,11 +22,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bench
 import data
 import distill
 import eval as E
 import kernels
 import model as M
+import sample
 import teacher
 
 PY = sys.executable
@@ -45,7 +48,7 @@ def tiny_run(tmp_path_factory):
     """A test-size teacher, ODE init and one DMD/ASD iteration each, made by the real scripts."""
     d = str(tmp_path_factory.mktemp("run"))
     run(["teacher.py", "--model=test", "--steps=4", "--compile=false", f"--out={d}"])
-    run(["distill.py", "--stage=ode", f"--teacher={d}/teacher_ema.pt", f"--out={d}", "--steps=2",
+    run(["distill.py", "--method=ode", f"--teacher={d}/teacher_ema.pt", f"--out={d}", "--steps=2",
          "--ode_pairs=8", "--ode_euler=8", "--batch=4"])
     for m in ("dmd", "asd"):
         run(["distill.py", f"--method={m}", f"--teacher={d}/teacher_ema.pt", f"--init={d}/ode.pt", f"--out={d}",
@@ -78,8 +81,8 @@ def test_world_is_deterministic_and_returns_factors():
     assert np.array_equal(a[0], b[0]) and a[1] == b[1]
     assert not np.array_equal(a[0], data.make_clip([5, 2])[0])
     video, caption, factors, centres = a
-    assert video.shape == (16, 3, 32, 32) and video.min() >= -1 and video.max() <= 1
-    assert centres.shape == (16, len(factors["colours"]), 2)
+    assert video.shape == (8, 3, 32, 32) and video.min() >= -1 and video.max() <= 1
+    assert centres.shape == (8, len(factors["colours"]), 2)
     for c, s, d in zip(factors["colours"], factors["shapes"], factors["directions"]):
         assert f"a {c} {s} moving {d}" in caption
 
@@ -87,7 +90,7 @@ def test_world_is_deterministic_and_returns_factors():
 def test_world_motion_follows_caption():
     """The object's centre moves in the captioned direction (before any bounce)."""
     for i in range(40):
-        video, caption, f, centres = data.make_clip([9, i], data.WorldConfig(frames=3))
+        video, caption, f, centres = data.make_clip([9, i], data.WorldConfig(frames=3, wall_free=0))
         dx, dy = centres[1, 0] - centres[0, 0]
         d = f["directions"][0]
         assert {"left": dx < 0, "right": dx > 0, "up": dy < 0, "down": dy > 0}[d] or \
@@ -341,15 +344,11 @@ def test_centred_start_does_not_reveal_the_direction():
 
 def test_students_carry_their_teachers_world(tiny_run):
     """eval.py scores a model against clips of the world its teacher learnt: the teacher saves its
-    world, the ODE init and both students inherit it; older checkpoints fall back to the teacher's
-    flags or to the original world."""
+    world, the ODE init and both students inherit it."""
     w = data.world_of(torch.load(f"{tiny_run}/teacher_ema.pt", weights_only=True))
-    assert w.centred and w.wall_free == 8 and w.speed == (1.0, 1.2)              # teacher.py's defaults
+    assert w.centred and w.wall_free == 8 and w.speed == (1.0, 1.2) and w.size == 16   # the defaults, test size
     for f in ("ode.pt", "dmd_ema.pt", "asd_ema.pt"):
         assert data.world_of(torch.load(f"{tiny_run}/{f}", weights_only=True)) == w, f
-    assert data.world_of(dict(train_cfg=dict(speed_min=2.0, speed_max=3.0, wall_free=4))) == \
-        data.WorldConfig(speed=(2.0, 3.0), wall_free=4)
-    assert data.world_of(dict(train_cfg=dict(method="dmd"))) == data.WorldConfig()
 
 
 def free_port():
@@ -406,7 +405,7 @@ def test_torchrun_teacher_and_distill(tmp_path, tiny_run):
     d = str(tmp_path)
     torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     for args in (["teacher.py", "--model=test", "--steps=2", "--compile=false", f"--out={d}"],
-                 ["distill.py", "--method=asd", f"--teacher={tiny_run}/teacher_ema.pt", f"--init={tiny_run}/ode.pt",
+                 ["distill.py", f"--teacher={tiny_run}/teacher_ema.pt", f"--init={tiny_run}/ode.pt",
                   f"--out={d}", "--steps=2", "--batch=2"]):
         p = subprocess.run(torchrun + args, cwd=HERE, capture_output=True, text=True, env=ENV, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -480,9 +479,9 @@ def _teacher_and_tokenizer(tiny_run):
 
 def _sf_state(tiny_run, method):
     tch, tok = _teacher_and_tokenizer(tiny_run)
-    cfg = distill.DistillConfig(method=method, batch=2, lr_d=1e-2, lr_g=1e-3, lr_fake=1e-3)
+    cfg = distill.DistillConfig(method=method, batch=2, lr_d=1e-2, lr=1e-3)
     s = distill.build_sf(cfg, 1, torch.device("cpu"), tch, M.load_checkpoint(f"{tiny_run}/ode.pt", "student"))
-    ids, ids_u = distill.prompts(cfg, 0, 0, 2, tok, "cpu")
+    ids, ids_u = tok.encode(distill.captions([0, 7, 0], range(2))), tok.encode(["", ""])
     return s, ids, ids_u
 
 
@@ -494,36 +493,18 @@ def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_block_level_head_scores_each_block_from_its_own_tokens():
-    torch.manual_seed(0)
-    head, B, T, D = distill.DHead(32, 4, taps=[1], n_logits=3, blocks=4), 2, 4 * 6, 32
-    feats = [torch.randn(B, T, D), torch.randn(B, T, D)]
-    out = head(feats)
-    assert out.shape == (B, 3, 4)
-    feats[1][:, 6:12] += torch.randn(B, 6, D)         # tokens of block 1 only
-    out2 = head(feats)
-    assert torch.equal(out[..., [0, 2, 3]], out2[..., [0, 2, 3]]) and not torch.allclose(out[..., 1], out2[..., 1])
-
-
 def test_discriminator_step_changes_only_the_head(tiny_run):
     s, ids, _ = _sf_state(tiny_run, "asd")
     g0, f0, h0 = snapshot(s.G), snapshot(s.fake), snapshot(s.head)
     g = torch.Generator().manual_seed(0)
     x_n, x_n1 = (distill.student_rollout(s, n, ids, g, grad=False) for n in (2, 3))
-    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
-    assert not same(h0, snapshot(s.head))
-    assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake))
-    s.cfg.d_blocks = True                             # one logit per frame block
-    s.head = distill.DHead(s.mc.dim, s.mc.heads, s.head.taps, s.N - 1, blocks=s.nb)
-    s.opt_d = torch.optim.AdamW(s.head.parameters(), lr=1e-2)
-    h1 = snapshot(s.head)
-    assert distill.d_logits(s.fake, s.head, x_n, distill.d_sigma(s, g), torch.randn_like(x_n), ids, 2).shape == (2, s.nb)
-    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
-    assert not same(h1, snapshot(s.head)) and same(f0, snapshot(s.fake))
-    s.cfg.d_trunk = True                              # DMD2-style: the D loss trains the trunk as well
-    f1 = snapshot(s.fake)
-    distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
-    assert not same(f1, snapshot(s.fake)) and same(g0, snapshot(s.G))
+    for loss in ("rpgan", "hinge"):
+        s.cfg.d_loss = loss
+        h = snapshot(s.head)
+        stats = distill.discriminator_step(s, 2, x_n, x_n1, ids, g)
+        assert not same(h, snapshot(s.head)) and np.isfinite(stats["loss_d"])
+    assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake)) and not same(h0, snapshot(s.head))
+    assert distill.d_logits(s.fake, s.head, x_n, distill.d_sigma(s, g), torch.randn_like(x_n), ids, 2).shape == (2,)
 
 
 def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
@@ -534,22 +515,15 @@ def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
     assert not same(g0, snapshot(s.G))
     assert same(f0, snapshot(s.fake)) and same(h0, snapshot(s.head)) and same(t0, snapshot(s.teacher))
     assert all(p.grad is None for p in list(s.fake.parameters()) + list(s.head.parameters()))
-    s.cfg.d_loss, s.cfg.d_pair = "rpgan", True        # relativistic, D's pair from the same noise
+    s.cfg.d_loss, s.cfg.d_pair = "hinge", False       # the design's hinge D on independent samples
     g1 = snapshot(s.G)
     assert "loss_asd" in distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(1))
     assert not same(g1, snapshot(s.G)) and same(f0, snapshot(s.fake)) and same(h0, snapshot(s.head))
-    s.cfg.alpha_n, s.cfg.d_target = "0.3,0,0", "last"   # per-n weights; D_n's real side from N steps
-    assert distill.d_target(s, 1) == s.N and distill.asd_alpha(s.cfg, 1) == 0.3
+    s.cfg.alpha = "0.3,0,0"                           # per-n weights: the ASD term is off at n = 2
+    assert distill.asd_weight(s.cfg, 1) == 0.3 and distill.asd_weight(distill.DistillConfig(alpha="0.2"), 3) == 0.2
     assert distill.generator_step(s, 1, ids, ids_u, torch.Generator().manual_seed(2))["g_asd"] > 0
     assert distill.generator_step(s, 2, ids, ids_u, torch.Generator().manual_seed(3))["g_asd"] == 0
-
-
-def test_dprobe_reports_held_out_accuracy_per_n(tiny_run, capsys):
-    tch, tok = _teacher_and_tokenizer(tiny_run)
-    cfg = distill.DistillConfig(init=f"{tiny_run}/ode.pt", batch=2, d_pair=True, d_loss="rpgan", d_target="last")
-    distill.stage_dprobe(cfg, 0, 1, torch.device("cpu"), tch, tok, b"", True, steps=4, n_train=4, n_test=4)
-    acc = [float(a) for a in re.findall(r"n=\d (\d\.\d\d)", capsys.readouterr().out)]
-    assert len(acc) == cfg.n_steps - 1 and all(a in (0.0, 0.25, 0.5, 0.75, 1.0) for a in acc)   # pairs of 4 videos
+    assert "loss_asd" not in distill.generator_step(s, s.N, ids, ids_u, torch.Generator().manual_seed(4))
 
 
 def test_fake_step_changes_only_the_fake_score(tiny_run):
@@ -564,7 +538,7 @@ def test_distill_resume_after_kill_9(tmp_path, tiny_run):
     """kill -9 mid-run, --resume: the result equals an uninterrupted run (nothing lost beyond the
     last checkpoint, which is written atomically)."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    common = ["distill.py", "--method=asd", f"--teacher={tiny_run}/teacher_ema.pt", f"--init={tiny_run}/ode.pt",
+    common = ["distill.py", f"--teacher={tiny_run}/teacher_ema.pt", f"--init={tiny_run}/ode.pt",
               "--steps=8", "--batch=2", "--save_every=2", "--ratio=2"]
     run(common + [f"--out={a}"])
     p = subprocess.Popen([PY] + common + [f"--out={b}"], cwd=HERE, env=ENV,
@@ -866,7 +840,7 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
         pytest.skip("the fallback evaluator trained here did not pass its gates")
     ck = tiny_checkpoint(str(tmp_path / "student.pt"))
     common = [f"--ckpt={ck}", "--n=24", "--n_heldout=12", "--sim_n=4", "--boot_fd=3", f"--out={tmp_path}",
-              f"--evaluator={evaluator[1]}", "--threads=1"]
+              f"--evaluator={evaluator[1]}"]
     p = run_eval(common + ["--steps=1"])
     for text in ("TOTAL", "FVD-synth", "late/early", "held-out", "x0 cos-sim block 3", "time:"):
         assert text in p.stdout, p.stdout
@@ -906,7 +880,7 @@ def test_cli_refuses_with_one_line_errors(tmp_path, evaluator):
 
 def test_cli_train_saves_and_refuses_an_evaluator_that_fails_its_gates(tmp_path):
     path = tmp_path / "ev.pt"
-    p = run_eval(["--train=true", "--train_steps=2", f"--evaluator={path}", "--threads=1"], check=False)
+    p = run_eval(["--train=true", "--train_steps=2", f"--evaluator={path}"], check=False)
     assert p.returncode != 0 and "failed its gates" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert path.exists() and os.path.getsize(path) < 4e6
     with pytest.raises(ValueError, match="failed its accuracy gates"):
@@ -914,7 +888,7 @@ def test_cli_train_saves_and_refuses_an_evaluator_that_fails_its_gates(tmp_path)
 
 
 def test_flop_formula_matches_counted_flops(monkeypatch):
-    """kernels.dit_flops (the benchmark's FLOP/s) equals torch's FLOP counter on a real forward, with
+    """bench.dit_flops (the benchmark's FLOP/s) equals torch's FLOP counter on a real forward, with
     attention written as explicit matmuls so the counter sees it; causal (dense mask) and with a cache."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -930,7 +904,7 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
     ids, x = torch.randint(3, 40, (1, 12)), torch.randn(1, cfg.frames, 3, cfg.size, cfg.size)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         net(x, torch.rand(1, cfg.frames), ids)
-    assert abs(fc.get_total_flops() / kernels.dit_flops(cfg, cfg.frames, cfg.frames, 12) - 1) < 0.01
+    assert abs(fc.get_total_flops() / bench.dit_flops(cfg, cfg.frames, cfg.frames, 12) - 1) < 0.01
     cache = net.new_cache()
     with torch.no_grad():
         cache.write = True
@@ -938,25 +912,113 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
         cache.write = False
         with FlopCounterMode(display=False) as fc:
             net(x[:, 2:3], torch.rand(1, 1), ids, cache=cache)
-    assert abs(fc.get_total_flops() / kernels.dit_flops(cfg, 1, 3, 12) - 1) < 0.01
+    assert abs(fc.get_total_flops() / bench.dit_flops(cfg, 1, 3, 12) - 1) < 0.01
 
 
-def test_pipeline_script_control_flow(tmp_path):
-    """pipeline.sh with every python call replaced (PY=a stub): each stage once, the two lanes side
-    by side, SKIP leaves stages out, and a failing stage in either lane fails the whole script."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    stub = tmp_path / "py.sh"              # succeeds, unless its arguments contain $FAIL
-    stub.write_text('[[ -n "${FAIL:-}" && " $* " == *"$FAIL"* ]] && exit 1; exit 0\n')
-    def run(out, **env):
-        return subprocess.run(["bash", os.path.join(root, "pipeline.sh")], capture_output=True, text=True,
-                              env={**os.environ, "PY": f"bash {stub}", "O": str(tmp_path / out), **env})
-    rows = lambda out: [line.split("|")[1].strip() for line in (tmp_path / out / "stages.md").read_text().splitlines()[2:]]
-    r = run("all")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(rows("all")) == sorted(["teacher", "ode", "evaluator", "score_teacher", "score_ode", "dmd",
-                                          "score_dmd", "asd", "score_asd", "lanes a + b", "**total**"])
-    r = run("skip", SKIP="teacher ode")
-    assert r.returncode == 0 and "teacher" not in rows("skip") and "SKIP=" in r.stdout
-    for fail in ("--method=asd", "--method=dmd"):
-        r = run("fail", FAIL=fail)
-        assert r.returncode != 0 and "failed" in r.stdout and "**total**" not in rows("fail")
+# -----------------------------------------------------------------------------
+# the reference release: defaults = the shipped recipe, one-way imports, --help, the pipeline
+
+SCRIPTS = ["data.py", "teacher.py", "distill.py", "sample.py", "eval.py", "bench.py"]
+PER_RUN = {"out", "teacher", "init", "data", "resume", "stop_at", "device", "method"}   # not the recipe
+
+
+@pytest.mark.parametrize("ckpt,config", [("teacher_tiny.pt", teacher.TrainConfig), ("ode_tiny.pt", distill.DistillConfig),
+                                         ("dmd_tiny.pt", distill.DistillConfig), ("asd_tiny.pt", distill.DistillConfig)])
+def test_defaults_are_the_recipe_of_the_shipped_checkpoints(ckpt, config):
+    """Every option that shapes a result defaults to the value that made the shipped checkpoint."""
+    stored = torch.load(os.path.join(HERE, "ckpt", ckpt), weights_only=True)["train_cfg"]
+    fields = set(asdict(config())) - PER_RUN
+    if ckpt == "ode_tiny.pt":      # stage 1 reads only these
+        fields = {"steps", "batch", "n_steps", "ode_pairs", "ode_euler", "ode_lr", "real_cfg", "seed"}
+    if ckpt == "dmd_tiny.pt":      # the baseline never reads the discriminator's options
+        fields -= {"alpha", "d_loss", "d_pair", "d_sigma_max", "lr_d"}
+    diff = {f: (stored.get(f, "missing"), getattr(config(), f)) for f in fields
+            if stored.get(f, "missing") != getattr(config(), f)}
+    assert not diff, f"{ckpt}: option: (stored, default) {diff}"
+    assert torch.load(os.path.join(HERE, "ckpt", ckpt), weights_only=True)["world"] == asdict(data.WorldConfig())
+
+
+def test_imports_run_one_way():
+    """data <- kernels <- model <- {teacher, distill, sample} <- eval <- bench: no file imports its
+    own level or one above it, not even inside a function."""
+    level = {"data": 0, "kernels": 1, "model": 2, "teacher": 3, "distill": 3, "sample": 3, "eval": 4, "bench": 5}
+    for name, lv in level.items():
+        tree = ast.parse(open(os.path.join(HERE, name + ".py")).read())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for imported in names:
+                root = (imported or "").split(".")[0]
+                assert level.get(root, -1) < lv, f"{name}.py imports {root}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_every_option_and_exits_0(script):
+    for flag in ("--help", "-h"):
+        p = run([script, flag])
+        assert p.returncode == 0 and "python " + script in p.stdout, p.stdout
+    module = {"data.py": None, "teacher.py": teacher.TrainConfig(), "distill.py": distill.DistillConfig(),
+              "sample.py": sample.SampleConfig(), "eval.py": E.EvalConfig(), "bench.py": bench.BenchConfig()}[script]
+    if module is None:
+        return
+    lines = {l.split()[0]: l for l in p.stdout.splitlines() if l.startswith("  --")}
+    for f, v in asdict(module).items():
+        value = str(v).lower() if isinstance(v, bool) else str(v)
+        assert f"--{f}={value}" in lines and len(lines[f"--{f}={value}"].split()) > 1, (f, p.stdout)
+    if script in ("teacher.py", "distill.py", "eval.py"):
+        assert "presets" in p.stdout and "  test " in p.stdout
+
+
+def test_ode_pairs_cache_is_keyed_on_what_made_it(tmp_path, tiny_run):
+    tch, tok = _teacher_and_tokenizer(tiny_run)
+    sig = M.few_step_sigmas(4, tch.cfg.shift)
+    cfg = distill.DistillConfig(teacher=f"{tiny_run}/teacher_ema.pt", out=str(tmp_path), ode_pairs=2, ode_euler=4)
+    a = distill.ode_pairs(cfg, tch, tok, torch.device("cpu"), True, sig)
+    assert torch.equal(distill.ode_pairs(cfg, tch, tok, torch.device("cpu"), True, sig)[0], a[0])   # reused
+    for change in (dict(real_cfg=1.0), dict(seed=1), dict(ode_euler=8)):
+        other = distill.ode_pairs(distill.DistillConfig(**{**asdict(cfg), **change}), tch, tok, torch.device("cpu"),
+                                  True, sig)
+        assert not torch.equal(other[1], a[1]), change
+    (tmp_path / "t.pt").write_bytes(open(f"{tiny_run}/teacher_ema.pt", "rb").read() + b"\0")   # other teacher bytes
+    distill.ode_pairs(distill.DistillConfig(**{**asdict(cfg), "teacher": str(tmp_path / "t.pt")}), tch, tok,
+                      torch.device("cpu"), True, sig)
+    assert len(list(tmp_path.glob("ode_pairs_*.pt"))) == 5
+
+
+def test_sample_without_ffmpeg_writes_gif_and_png(tmp_path, tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr(sample, "has_ffmpeg", lambda: False)
+    sample.main([f"--ckpt={tiny_run}/asd_ema.pt", f"--out={tmp_path}", "--n=1"])
+    out = capsys.readouterr().out
+    assert "pip install imageio-ffmpeg" in out and "wrote" in out
+    assert {p.name for p in tmp_path.iterdir()} == {"sample_1star.gif", "sample_1star.png", "sample_1star.txt"}
+
+
+@pytest.mark.parametrize("script", ["teacher.py", "distill.py"])
+def test_non_finite_training_stops_with_one_line_and_a_good_checkpoint(tmp_path, tiny_run, script):
+    """An absurd lr drives the weights to inf within a few steps: training stops with one line and the
+    last checkpoint on disk is the last good one (finite, loadable)."""
+    if script == "teacher.py":
+        args, ck = ["teacher.py", "--model=test", "--steps=30", "--compile=false", "--save_every=1", "--warmup=1",
+                    "--lr=1e30"], tmp_path / "teacher.pt"
+    else:
+        args, ck = ["distill.py", f"--teacher={tiny_run}/teacher_ema.pt", f"--init={tiny_run}/ode.pt",
+                    "--steps=30", "--batch=2", "--save_every=1", "--lr_d=1e30"], tmp_path / "asd.pt"
+    p = run(args + [f"--out={tmp_path}"], check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "non-finite" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()[-1:]) == 1 and str(ck) in p.stderr
+    state = torch.load(ck, weights_only=True)
+    assert 1 <= state["step"] < 30
+    assert all(torch.isfinite(t).all() for t in state["model" if script == "teacher.py" else "G"].values())
+
+
+def test_pipeline_test_tier_runs_every_stage(tmp_path):
+    """bash pipeline.sh test: every stage of the real pipeline in a few steps, down to the results table
+    (the evaluator nets are copied in: training them takes minutes)."""
+    out = os.path.join(HERE, "out", "pipeline_test")
+    subprocess.run(["rm", "-rf", out])
+    os.makedirs(out)
+    subprocess.run(["cp", os.path.join(HERE, "ckpt", "evaluator.pt"), out], check=True)
+    p = subprocess.run(["bash", "pipeline.sh", "test"], cwd=HERE, capture_output=True, text=True, env=ENV, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    table = open(os.path.join(out, "results.md")).read()
+    assert table.count("| asd_ema.pt |") == 10 and table.count("| dmd_ema.pt |") == 10 and "95% CI" in table
