@@ -143,6 +143,35 @@ def all_captions():
 # -----------------------------------------------------------------------------
 # real clips: a folder of clip.mp4|clip.gif with a clip.txt caption beside each
 
+def fit(frames, size):
+    """Frames (T, H, W, C) or (T, H, W) uint8 of any size -> (T, 3, size, size) in [-1, 1]: the shorter
+    side area-resized to size, then centre-cropped (grey becomes RGB)."""
+    frames = frames[..., None] if frames.ndim == 3 else frames
+    x = torch.from_numpy(frames[..., :3].copy()).float().permute(0, 3, 1, 2) / 127.5 - 1
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="area")
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[:, :, top:top + size, left:left + size].clamp(-1, 1)
+
+
+def load_image(path, size):
+    """An image file of any size -> (3, size, size) in [-1, 1], as fit() does; ValueError if unreadable."""
+    import imageio.v3 as iio
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such image")
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__})")
+    if image.ndim == 4:          # an animated image: its first frame
+        image = image[0]
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{path} is not an image (shape {image.shape})")
+    return fit(image[None], size)[0]
+
+
 class FolderClips:
     """Loads every clip of a folder once, resized (shorter side) and centre-cropped to size x size,
     its first `frames` frames (a shorter clip repeats its last frame)."""
@@ -157,19 +186,10 @@ class FolderClips:
             txt = os.path.join(path, os.path.splitext(name)[0] + ".txt")
             if not os.path.exists(txt):
                 continue
-            frames = np.asarray(iio.imread(os.path.join(path, name), index=None))   # (T, H, W, C)
-            if frames.ndim == 3:
-                frames = frames[..., None]
-            x = torch.from_numpy(frames[..., :3].copy()).float().permute(0, 3, 1, 2) / 127.5 - 1
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x                  # grey -> RGB
-            h, w = x.shape[-2:]
-            scale = cfg.size / min(h, w)
-            x = F.interpolate(x, size=(max(cfg.size, round(h * scale)), max(cfg.size, round(w * scale))),
-                              mode="area")
-            top, left = (x.shape[-2] - cfg.size) // 2, (x.shape[-1] - cfg.size) // 2
-            x = x[:, :, top:top + cfg.size, left:left + cfg.size][:cfg.frames]    # (F, C, H, W)
-            x = torch.cat([x, x[-1:].expand(cfg.frames - len(x), -1, -1, -1)]) if len(x) < cfg.frames else x
-            self.videos.append(x.clamp(-1, 1))
+            x = fit(np.asarray(iio.imread(os.path.join(path, name), index=None)), cfg.size)[:cfg.frames]
+            if len(x) < cfg.frames:                                                   # repeat the last frame
+                x = torch.cat([x, x[-1:].expand(cfg.frames - len(x), -1, -1, -1)])
+            self.videos.append(x)                                                     # (F, C, H, W)
             self.captions.append(open(txt).read().strip())
         if not self.videos:
             raise ValueError(f"--data={path}: no clip.mp4|clip.gif with a clip.txt caption beside it")

@@ -55,6 +55,9 @@ class EvalConfig:
     compare: str = ""               # a.json,b.json: print paired-bootstrap CIs of b - a and exit
     table: str = ""                 # a.json,b.json,...: print the README's results table and exit
     long: int = 0                   # student: also stream this many frames (rolling KV window), per-frame curves
+    i2v: bool = False               # image-to-video: each video starts from its real clip's first frame
+    switch: int = 0                 # student: the prompt-switch study instead, captions switched at this frame
+    switch_frames: int = 32         # --switch: frames per streamed video
     plot: str = ""                  # a.json,b.json,...: per-frame curves + similarity matrices -> --plot_dir
     diagnose: str = ""              # a teacher checkpoint: print how its loss and motion follow each caption word
     plot_dir: str = "assets"        # where --plot writes per_frame.png and similarity.png (needs matplotlib)
@@ -115,11 +118,13 @@ def prompt_grid(n, split="train", seed=0, reps=2):
     return out
 
 
-def real_videos(prompts, size, frames, which=0, world=data.WorldConfig()):
+def real_videos(prompts, size, frames, which=0, world=data.WorldConfig(), centres=False):
     """The world's clips for the prompts (N, F, 3, H, W): which=0 the FD reference, 1 the ceiling;
-    world: the one the model learned from (data.world_of), its geometry and speeds."""
+    world: the one the model learned from (data.world_of). centres=True: also the object's (N, F, 2)."""
     cfg = replace(world, size=size, frames=frames, p_two=0)
-    return torch.from_numpy(np.stack([data.make_clip(p["world"][which], cfg, p["split"])[0] for p in prompts]))
+    clips = [data.make_clip(p["world"][which], cfg, p["split"]) for p in prompts]
+    videos = torch.from_numpy(np.stack([c[0] for c in clips]))
+    return (videos, torch.from_numpy(np.stack([c[3][:, 0] for c in clips]))) if centres else videos
 
 
 # -----------------------------------------------------------------------------
@@ -132,10 +137,11 @@ def noise_for(prompts, mc, frames=0):
 
 
 def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3.0, batch=64, device="cpu",
-                      frames=0):
+                      frames=0, first_frames=None, switch=None):
     """Sample a student (steps per block, FFE: block 0 gets first_steps) or a teacher (Euler steps, CFG)
     on the prompts. Returns (videos (N, F, C, H, W) on the CPU, label such as '1*', '2', 'teacher32').
-    frames > the trained length: a student streams with the rolling KV window."""
+    frames > the trained length: a student streams with the rolling KV window. first_frames (N, C, H, W):
+    image-to-video. switch (frame, captions (N,), recache): a prompt switch (sample.py --switch)."""
     net, tok, n_max = sample.load(ck, device)
     mc, out = net.cfg, []
     first = first_steps if mc.causal and ffe and first_steps > steps else 0
@@ -147,7 +153,10 @@ def sample_checkpoint(ck, prompts, steps=1, ffe=True, first_steps=4, cfg_scale=3
         ids = tok.encode([p["caption"] for p in chunk]).to(device)
         ids_u = tok.encode([""] * len(chunk)).to(device)
         g = torch.Generator().manual_seed(chunk[0]["noise"])            # re-noising draws of the chain
-        out.append(sample.generate(net, ids, ids_u, noise, steps, first, n_max, cfg_scale, g).cpu())
+        image = None if first_frames is None else first_frames[i:i + batch].to(device)
+        sw = None if switch is None else (switch[0], tok.encode(switch[1][i:i + batch]).to(device), switch[2])
+        out.append(sample.generate(net, ids, ids_u, noise, steps, first, n_max, cfg_scale, g, first_frame=image,
+                                   switch=sw).cpu())
     return torch.cat(out).clamp(-1, 1), sample.label(mc.causal, steps, first)
 
 
@@ -684,6 +693,43 @@ def cli_table(cfg):
               f"{d['direction']['raw']:.3f} | {r['heldout']['direction']['model']:.3f} | {sim} |")
 
 
+def switch_study(ev, ck, prompts, frame, frames, args):
+    """A prompt switch at `frame` of a `frames`-long stream: caption B = caption A with the next colour
+    and the opposite direction (same shape and background). Per frame, over videos: the frame net's
+    colour is B's (colour_b) or A's (colour_a), the tracked step into the frame along B's direction
+    (step_b, px) and its length (jump), and the background flicker; with no switch, with the cached
+    context kept as it is, and with it recomputed under B (LongLive's re-cache). Frames to follow:
+    from the switch until the mean curve holds half the videos (colour), or until the step along B,
+    averaged over the next 4 frames (two blocks), reaches half the world's slowest speed (direction)."""
+    opposite = dict(left="right", right="left", up="down", down="up")
+    colour_b = [COLOURS[(COLOURS.index(p["colour"]) + 1) % len(COLOURS)] for p in prompts]
+    caps_b = [f"a {c} {p['shape']} moving {opposite[p['direction']]} on a {p['background']} background"
+              for c, p in zip(colour_b, prompts)]
+    unit_b = torch.tensor([data.DIRECTIONS[opposite[p["direction"]]] for p in prompts])
+    idx_a, idx_b = (torch.tensor([COLOURS.index(c) for c in cs]) for cs in ([p["colour"] for p in prompts], colour_b))
+    out = dict(prompts_b=caps_b)
+    for mode in ("none", "keep", "recache"):
+        switch = None if mode == "none" else (frame, caps_b, mode == "recache")
+        videos, _ = sample_checkpoint(ck, prompts, *args, frames=frames, switch=switch)
+        mask, centres, _ = track(videos)
+        colour = frame_outputs(ev, videos, centres)[2].argmax(-1)                       # (N, F)
+        u, back = (videos + 1) / 2, ~pool(mask, 2)
+        diff = (u[:, 1:] - u[:, :-1]).abs().mean(2)                                     # (N, F-1, H, W)
+        flicker = masked_mean(diff, or_everywhere(back[:, 1:] & back[:, :-1])).mean(0)
+        step = centres.diff(dim=1)                                                      # into frames 1..F-1
+        along = [0.0] + (step * unit_b[:, None]).sum(-1).mean(0).tolist()
+        curves = dict(colour_b=(colour == idx_b[:, None]).float().mean(0).tolist(),
+                      colour_a=(colour == idx_a[:, None]).float().mean(0).tolist(), step_b=along,
+                      jump=[0.0] + step.norm(dim=-1).mean(0).tolist(), flicker=[0.0] + flicker.tolist())
+        ahead = [np.mean(along[t:t + 4]) for t in range(frames)]
+        follow = lambda c, level, t0: next((t - frame for t in range(t0, frames) if c[t] >= level), None)
+        out[mode] = dict(curves=curves, colour_frames=follow(curves["colour_b"], 0.5, frame),
+                         direction_frames=follow(ahead, 0.5 * data.WorldConfig.speed[0], frame + 1),
+                         jump_at_switch=curves["jump"][frame], flicker_at_switch=curves["flicker"][frame],
+                         flicker_median=float(np.median(curves["flicker"][1:])))
+    return out
+
+
 def long_curves(ev, ck, prompts, frames, args):
     """Per-frame curves of a rollout streamed past the trained length (rolling KV window), scored in
     consecutive windows of the evaluator's length: FD of each frame to the real clips' frames, colour and
@@ -794,6 +840,31 @@ def print_result(r, cfg):
         print(f"x0 cos-sim block {b}: " + " | ".join(" ".join(f"{v:.3f}" for v in row) for row in m))
 
 
+def cli_switch(cfg, ev, ck, prompts, args, stem):
+    """--switch=F: the prompt-switch study (switch_study), printed and written to {stem}_switch{F}.json."""
+    mc = M.ModelConfig(**ck["model_cfg"])
+    if not mc.causal or cfg.switch % mc.frames_per_block or not 0 < cfg.switch < cfg.switch_frames:
+        sys.exit(f"error: --switch needs a causal student and a block boundary inside --switch_frames")
+    r = switch_study(ev, ck, prompts, cfg.switch, cfg.switch_frames, args)
+    label = sample.label(True, cfg.steps, cfg.first_steps if cfg.ffe and cfg.first_steps > cfg.steps else 0)
+    print(f"{stem} at {label} steps, {len(prompts)} videos of {cfg.switch_frames} frames, caption switched at "
+          f"frame {cfg.switch} (next colour, opposite direction)")
+    print(f"{'context':8s} {'frames to colour':>16s} {'to direction':>13s} {'jump at switch (px)':>20s} "
+          f"{'flicker at switch / median':>27s}")
+    for mode in ("none", "keep", "recache"):
+        m = r[mode]
+        print(f"{mode:8s} {m['colour_frames']!s:>16s} {m['direction_frames']!s:>13s} {m['jump_at_switch']:20.2f} "
+              f"{m['flicker_at_switch']:13.4f} / {m['flicker_median']:.4f}")
+        for k, v in m["curves"].items():
+            print(f"  {k + '(t)':12s}" + " ".join(f"{x:5.2f}" for x in v))
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, f"{stem}_{label.replace('*', 'star')}_switch{cfg.switch}.json")
+    with open(path, "w") as f:
+        json.dump(dict(ckpt=cfg.ckpt, label=label, config=asdict(cfg), prompts=[p["caption"] for p in prompts],
+                       **r), f)
+    print(f"wrote {path}")
+
+
 def main(argv):
     cfg = M.parse_args(EvalConfig(), argv, PRESETS, __doc__)
     if cfg.diagnose:
@@ -821,20 +892,28 @@ def main(argv):
                  f"--frames={mc.frames} --evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
     _, _, device = M.setup(cfg.device, cfg.seed)
     prompts, heldout = prompt_grid(cfg.n, "train", cfg.seed), prompt_grid(cfg.n_heldout, "heldout", cfg.seed)
+    args, world = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device), data.world_of(ck)
+    stem = os.path.splitext(os.path.basename(cfg.ckpt))[0]
+    if cfg.switch:
+        return cli_switch(cfg, ev, ck, prompts, args, stem)
+    first = first_h = None
+    if cfg.i2v:   # the ceiling set's clips: their first frames are given, their tracks are the truth
+        real, true_centres = real_videos(prompts, ev["size"], ev["frames"], 1, world, centres=True)
+        first, first_h = real[:, 0], real_videos(heldout, ev["size"], ev["frames"], 1, world)[:, 0]
     t, t0 = {}, time.perf_counter()
     try:
-        args = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device)
-        videos, label = sample_checkpoint(ck, prompts, *args)
+        videos, label = sample_checkpoint(ck, prompts, *args, first_frames=first)
         t["sample"] = time.perf_counter() - t0
-        videos_h, _ = sample_checkpoint(ck, heldout, *args)
+        videos_h, _ = sample_checkpoint(ck, heldout, *args, first_frames=first_h)
     except ValueError as e:
         sys.exit(f"error: {e}")
     t["sample_heldout"], t0 = time.perf_counter() - t0 - t["sample"], time.perf_counter()
-    sim = step_similarity(ck, prompts[:cfg.sim_n], device) if mc.causal else None
+    sim = step_similarity(ck, prompts[:cfg.sim_n], device) if mc.causal and not cfg.i2v else None
     t["similarity"], t0 = time.perf_counter() - t0, time.perf_counter()
-    world = data.world_of(ck)
     scores = scorecard(score_videos(ev, videos, prompts), reference(ev, prompts, world), cfg.boot_fd, cfg.seed)
     held, ref_h = score_videos(ev, videos_h, heldout)["video"], reference(ev, heldout, world)
+    if cfg.i2v:   # how far the object is from where the real clip that starts from the same frame has it
+        scores["curves"]["pos_err"] = (track(videos)[1] - true_centres).norm(dim=-1).mean(0).tolist()
     t["evaluate"] = time.perf_counter() - t0
     if cfg.long and mc.causal:
         if cfg.long % ev["frames"]:
@@ -842,7 +921,7 @@ def main(argv):
         long = long_curves(ev, ck, prompts[:64], cfg.long, args)
         for k, v in long.items():
             print(f"long {k + '(t)':16s}" + " ".join(f"{x:.3f}" for x in v))
-    name = cfg.name or f"{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_{label.replace('*', 'star')}"
+    name = cfg.name or f"{stem}_{label.replace('*', 'star')}" + "_i2v" * cfg.i2v
     result = dict(name=name, ckpt=cfg.ckpt, label=label, config=asdict(cfg), evaluator_gates=ev["gates"],
                   world=asdict(world), prompts=[p["caption"] for p in prompts],
                   noise_seeds=[p["noise"] for p in prompts], scores=scores,

@@ -317,7 +317,7 @@ def block_schedules(n_blocks, steps, first_steps=0, sigmas=None):
 
 
 def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trace=False, on_block=None,
-            first_frame=None):
+            first_frame=None, switch=None):
     """Causal few-step generation with the KV cache (Self Forcing; docs/algorithms.md §2.2, §4.1).
     noise (B, F, C, H, W), F a multiple of frames_per_block (beyond the trained length with a rolling
     `window` of frames). Per block: denoise through its schedule, each step predicting x0 and
@@ -325,6 +325,8 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
     its graph when grad=True; then a no-grad commit pass at sigma 0 writes the block's clean K/V
     (none after the last block: nothing reads it).
     first_frame (B, C, H, W): image-to-video, frame 0 is given clean (sigma 0) inside block 0.
+    switch (frame, ids_b, recache): from that block boundary on, the caption ids_b; with recache, the
+    cached window is first recomputed under ids_b (LongLive), else it keeps the old caption's K/V.
     Returns x0 (B, F, C, H, W), with trace=True also [block][step] -> x0 predictions.
     on_block(b, x0) is called as soon as block b is denoised (streaming display, latency)."""
     fpb, B, dev = G.cfg.frames_per_block, noise.shape[0], noise.device
@@ -332,6 +334,10 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
     with torch.set_grad_enabled(grad):
         text = G.encode_text(ids)
     for b, sched in enumerate(schedules):
+        if switch is not None and b * fpb == switch[0]:
+            text = G.encode_text(switch[1])
+            if switch[2]:
+                cache = recache(G, outs, text, window)
         x = noise[:, b * fpb:(b + 1) * fpb].contiguous()   # (B, fpb, C, H, W); contiguous: one compiled graph
         given = first_frame is not None and b == 0
         steps.append([])
@@ -358,6 +364,20 @@ def rollout(G, noise, ids, schedules, grad=False, window=0, generator=None, trac
             cache.write = False
     video = torch.cat(outs, dim=1)
     return (video, steps) if trace else video
+
+
+@torch.no_grad()
+def recache(G, blocks, text, window):
+    """A fresh KV cache of the committed blocks (their clean x0, (B, fpb, C, H, W) each) that a rolling
+    `window` keeps, recomputed under the caption encoding `text` at their true frame offsets."""
+    fpb = G.cfg.frames_per_block
+    keep = len(blocks) if not window else min(len(blocks), -(-window // fpb))
+    cache = G.new_cache(window)
+    cache.frames, cache.write = (len(blocks) - keep) * fpb, True
+    for x0 in blocks[len(blocks) - keep:]:
+        G(x0, torch.zeros(x0.shape[:2], device=x0.device), text, cache=cache)
+    cache.write = False
+    return cache
 
 
 # -----------------------------------------------------------------------------

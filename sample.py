@@ -7,6 +7,9 @@ an mp4 (h264).
     python sample.py --steps 2 --ffe false                        # plain 2 steps, no FFE
     python sample.py --prompt "a red circle moving left on a dark background" --n 4 --seed 3
     python sample.py --frames 32                                  # stream 4x the trained length
+    python sample.py --first_frame img.png --prompt "a red circle moving left on a dark background"
+    python sample.py --prompt "a red circle moving left on a dark background" --frames 32 \
+                     --switch "16:a blue circle moving up on a dark background"       # prompt switch
     python sample.py --ckpt ckpt/teacher_tiny.pt --steps 32       # the teacher, CFG 3
     python sample.py --device cuda --compile true                 # one GPU (bf16 autocast)
 
@@ -40,6 +43,9 @@ class SampleConfig:
     out: str = "out/samples"        # output folder
     fps: int = 8                    # frames per second of the mp4 / gif
     device: str = "auto"            # auto | cpu | cuda | mps
+    first_frame: str = ""           # image-to-video: an image file (any size) given as clean frame 0
+    switch: str = ""                # "F:caption": from frame F (a block boundary) on, this caption
+    recache: bool = True            # at a switch, recompute the cached context under the new caption
     compile: bool = False           # torch.compile the network (pays off on long streams)
 
 
@@ -56,19 +62,41 @@ def label(causal, steps, first_steps):
 
 
 @torch.no_grad()
-def generate(net, ids, ids_u, noise, steps, first_steps=0, n_max=4, cfg=3.0, generator=None, on_block=None):
+def generate(net, ids, ids_u, noise, steps, first_steps=0, n_max=4, cfg=3.0, generator=None, on_block=None,
+             first_frame=None, switch=None):
     """One batch of videos (B, F, C, H, W) from noise (B, F, C, H, W) and caption ids (B, Lt).
     Student: the KV-cached causal rollout, `steps` per block and `first_steps` for block 0 (FFE; 0 = off),
-    with a rolling window past the trained length. Teacher: Euler with CFG `cfg` (ids_u = empty captions)."""
+    with a rolling window past the trained length. Teacher: Euler with CFG `cfg` (ids_u = empty captions).
+    first_frame (B, C, H, W): image-to-video; switch (frame, ids_b, recache): see model.rollout."""
     mc = net.cfg
     with M.autocast(noise.device):
         if not mc.causal:
-            return M.euler_sample(net, noise, net.encode_text(ids), net.encode_text(ids_u), steps, cfg)[0].float()
+            context = None if first_frame is None else first_frame[:, None]
+            text, empty = net.encode_text(ids), net.encode_text(ids_u)
+            return M.euler_sample(net, noise, text, empty, steps, cfg, context=context)[0].float()
         sched = M.block_schedules(noise.shape[1] // mc.frames_per_block, steps, first_steps,
                                   M.few_step_sigmas(n_max, mc.shift))
         # past the trained length, keep a rolling window so that context + block = the trained span
         window = mc.frames - mc.frames_per_block if noise.shape[1] > mc.frames else 0
-        return M.rollout(net, noise, ids, sched, window=window, generator=generator, on_block=on_block).float()
+        return M.rollout(net, noise, ids, sched, window=window, generator=generator, on_block=on_block,
+                         first_frame=first_frame, switch=switch).float()
+
+
+def parse_switch(text, frames, mc, tok, n, device):
+    """--switch "F:caption" -> (F, caption ids (n, Lt)), or exit with one line."""
+    frame, _, caption = text.partition(":")
+    if not frame.strip().isdigit() or not caption.strip():
+        sys.exit(f"error: --switch must be 'FRAME:caption' with a non-empty caption, got {text!r}")
+    frame = int(frame)
+    if not mc.causal:
+        sys.exit("error: --switch needs a causal student (the teacher denoises all frames at once)")
+    if not 0 < frame < frames or frame % mc.frames_per_block:
+        sys.exit(f"error: --switch frame {frame} must be inside the video (0 < F < {frames}) and a multiple "
+                 f"of the block size {mc.frames_per_block}")
+    try:
+        return frame, tok.encode([caption] * n).to(device)
+    except ValueError as e:
+        sys.exit(f"error: --switch: {e}")
 
 
 def has_ffmpeg():
@@ -127,11 +155,20 @@ def main(argv):
         sys.exit(f"error: this student was trained for at most {n_max} steps per block")
     if not mc.causal and frames != mc.frames:
         sys.exit(f"error: the bidirectional teacher generates exactly {mc.frames} frames")
+    image, switch = None, None
+    if cfg.first_frame:
+        try:
+            image = data.load_image(cfg.first_frame, mc.size)[None].expand(cfg.n, -1, -1, -1).to(device)
+        except ValueError as e:
+            sys.exit(f"error: --first_frame: {e}")
+    if cfg.switch:
+        switch = parse_switch(cfg.switch, frames, mc, tok, cfg.n, device)
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.n, frames, mc.channels, mc.size, mc.size), generator=g).to(device)
     first, t0 = {}, time.perf_counter()
     videos = generate(net, ids, ids_u, noise, cfg.steps, first_steps, n_max, cfg.cfg, g,
-                      on_block=lambda b, x: first.setdefault("t", time.perf_counter()))
+                      on_block=lambda b, x: first.setdefault("t", time.perf_counter()), first_frame=image,
+                      switch=switch if switch is None else (*switch[:2], cfg.recache))
     total = time.perf_counter() - t0
     first.setdefault("t", time.perf_counter())   # a bidirectional model shows nothing before the end
     name = label(mc.causal, cfg.steps, first_steps)

@@ -589,6 +589,14 @@ def test_sample_compiled_equals_eager(tmp_path, tiny_run):
     (["sample.py", "--ckpt=/no/such/file.pt"], "not found"),
     (["sample.py", "--prompt="], "prompt is empty"),
     (["sample.py", "--prompt=" + " ".join(["red"] * 40)], "more than"),
+    (["sample.py", "--first_frame=/no/such/image.png"], "no such image"),
+    (["sample.py", "--first_frame=test_all.py"], "not a readable image"),
+    (["sample.py", "--ckpt=ckpt/asd_tiny.pt", "--switch=3:a red circle moving left on a dark background"],
+     "multiple of the block size"),
+    (["sample.py", "--switch=0:a red circle moving left on a dark background"], "inside the video"),
+    (["sample.py", "--switch=12:a red circle moving left on a dark background", "--frames=8"], "inside the video"),
+    (["sample.py", "--switch=4: "], "non-empty caption"),
+    (["sample.py", "--switch=a red circle"], "FRAME:caption"),
 ])
 def test_bad_input_gives_one_line_error(args, message, tiny_run):
     args = [a.replace("CKPT", tiny_run) for a in args]
@@ -1022,3 +1030,60 @@ def test_pipeline_test_tier_runs_every_stage(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = open(os.path.join(out, "results.md")).read()
     assert table.count("| asd_ema.pt |") == 10 and table.count("| dmd_ema.pt |") == 10 and "95% CI" in table
+
+
+# -----------------------------------------------------------------------------
+# image-to-video and prompt switching
+
+def test_image_to_video_commits_the_given_frame_exactly(tiny_run, tmp_path):
+    """sample.py --first_frame: an image of any size is resized and cropped as the folder loader does,
+    and the first output frame is exactly that image (it is committed as clean context, sigma 0)."""
+    import imageio.v3 as iio
+    rng = np.random.default_rng(0)
+    image = (rng.random((37, 53, 3)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "in.png", image)
+    frame = data.load_image(str(tmp_path / "in.png"), 16)
+    assert torch.equal(frame, data.fit(image[None], 16)[0]) and frame.shape == (3, 16, 16)
+    ck = M.load_checkpoint(f"{tiny_run}/asd_ema.pt")
+    net, tok, n_max = sample.load(ck)
+    ids = tok.encode(["a red circle moving left on a dark background"] * 2)
+    noise = torch.randn(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for first_steps in (0, 4):
+        video = sample.generate(net, ids, None, noise, 1, first_steps, n_max, first_frame=frame[None].expand(2, -1, -1, -1))
+        assert torch.equal(video[:, 0], frame[None].expand(2, -1, -1, -1))
+        assert not torch.equal(video[:, 1:], sample.generate(net, ids, None, noise, 1, first_steps, n_max)[:, 1:])
+    tch, _, _ = sample.load(M.load_checkpoint(f"{tiny_run}/teacher_ema.pt"))
+    video = sample.generate(tch, ids, tok.encode(["", ""]), noise, 4, first_frame=frame[None].expand(2, -1, -1, -1))
+    assert torch.equal(video[:, 0], frame[None].expand(2, -1, -1, -1))
+    run(["sample.py", f"--ckpt={tiny_run}/asd_ema.pt", f"--first_frame={tmp_path / 'in.png'}", "--n=1",
+         f"--out={tmp_path}"])
+    png = iio.imread(tmp_path / "sample_1star.png")[::4, ::4][:16, :16]          # frame 0, upscaled 4x
+    assert np.abs(png.astype(int) - sample.to_uint8(frame).astype(int)).max() == 0
+
+
+@pytest.mark.parametrize("recache", [False, True])
+def test_prompt_switch_keeps_the_frames_before_it(tiny_run, recache):
+    ck = M.load_checkpoint(f"{tiny_run}/asd_ema.pt")
+    net, tok, n_max = sample.load(ck)
+    ids = tok.encode(["a red circle moving left on a dark background"] * 2)
+    ids_b = tok.encode(["a blue square moving up on a grey background"] * 2)
+    noise = torch.randn(2, 12, 3, 16, 16, generator=torch.Generator().manual_seed(0))   # 3x the trained length
+    gen = lambda switch: sample.generate(net, ids, None, noise, 1, 4, n_max, generator=torch.Generator().manual_seed(1),
+                                         switch=switch)
+    plain, switched = gen(None), gen((6, ids_b, recache))
+    assert torch.equal(plain[:, :6], switched[:, :6]) and not torch.allclose(plain[:, 6:], switched[:, 6:])
+    assert torch.equal(gen((6, ids, recache)), plain) == (not recache)   # same caption: keep = no switch at all
+
+
+def test_recache_equals_the_cache_the_stream_built(tiny_run):
+    """Re-caching under the same caption rebuilds the K/V of a stream that fits the window exactly."""
+    net, tok, _ = sample.load(M.load_checkpoint(f"{tiny_run}/asd_ema.pt"))
+    ids = tok.encode(["a red circle moving left on a dark background"])
+    blocks, cache, text = [torch.randn(1, 1, 3, 16, 16) for _ in range(3)], net.new_cache(), net.encode_text(ids)
+    with torch.no_grad():
+        cache.write = True
+        for x in blocks:
+            net(x, torch.zeros(1, 1), text, cache=cache)
+    again = M.recache(net, blocks, text, window=0)
+    assert again.frames == cache.frames == 3
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(again.k + again.v, cache.k + cache.v))
