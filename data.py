@@ -46,29 +46,16 @@ class WorldConfig:
 # -----------------------------------------------------------------------------
 # the procedural world
 
-def _shape_alpha(shape, cx, cy, r, xx, yy):
-    """Anti-aliased coverage (H, W) in [0, 1] of one shape from its signed distance (pixels)."""
-    dx, dy = xx - cx, yy - cy
-    if shape == "circle":
-        d = np.sqrt(dx ** 2 + dy ** 2) - r
-    elif shape == "square":
-        d = np.maximum(np.abs(dx), np.abs(dy)) - 0.82 * r
-    else:  # triangle pointing up: the largest distance to its three edge lines (outward normals)
-        ri = 0.58 * r   # inradius; area close to the circle's and square's
-        n = [(0.0, 1.0), (-0.866, -0.5), (0.866, -0.5)]
-        d = np.max([dx * a + (dy - 0.15 * r) * b for a, b in n], axis=0) - ri
-    return np.clip(0.5 - d, 0.0, 1.0)
-
-
 def world_of(ck):
     """The procedural world a checkpoint learnt from (students carry their teacher's), so that it is
     scored against that world's clips."""
     return WorldConfig(**ck["world"]) if "world" in ck else WorldConfig()
 
 
-def make_clip(seed, cfg=WorldConfig(), split="train"):
-    """One clip from its seed: (video (F,3,H,W) in [-1,1], caption, factors, centres (F,n,2)).
-    split: 'train' avoids the held-out triples, 'heldout' draws only them, 'all' draws anything."""
+def draw(seed, cfg=WorldConfig(), split="train"):
+    """Everything about one clip but its pixels, from its seed: caption, factors, the objects' looks and
+    per-frame centres (F, n, 2), the background. split: 'train' avoids the held-out triples, 'heldout'
+    draws only them, 'all' draws anything."""
     rng = np.random.default_rng(seed)
     S, T = cfg.size, cfg.frames
     n_obj = 2 if rng.random() < cfg.p_two else 1
@@ -95,42 +82,71 @@ def make_clip(seed, cfg=WorldConfig(), split="train"):
         else:
             lo, hi = r + np.where(vel < 0, travel, 0), S - r - np.where(vel > 0, travel, 0)
         lo, hi = np.where(lo < hi, lo, r), np.where(lo < hi, hi, S - r)   # no room: anywhere
-        pos = lo + (hi - lo) * u
-        objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=pos, vel=vel))
+        objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=lo + (hi - lo) * u,
+                            vel=vel))
     background = str(rng.choice(list(BACKGROUNDS)))
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
-    base = np.full((S, S), BACKGROUNDS[background], np.float32)
-    if rng.random() < cfg.p_gradient:   # a soft linear ramp of +-0.08 in a random direction
-        a = rng.uniform(0, 2 * np.pi)
-        base += 0.08 * ((xx - S / 2) * np.cos(a) + (yy - S / 2) * np.sin(a)) / (S / 2)
-    video = np.empty((T, 3, S, S), np.float32)
+    ramp = rng.uniform(0, 2 * np.pi) if rng.random() < cfg.p_gradient else None   # a soft +-0.08 ramp
     centres = np.empty((T, n_obj, 2), np.float32)
     for t in range(T):
-        frame = np.repeat(base[None], 3, axis=0)                         # (3, H, W)
         for k, o in enumerate(objects):
             centres[t, k] = o["pos"]
-            alpha = _shape_alpha(o["shape"], o["pos"][0], o["pos"][1], o["radius"], xx, yy)
-            colour = np.array(COLOURS[o["colour"]], np.float32)[:, None, None]
-            frame = frame * (1 - alpha) + colour * alpha
             o["pos"] = o["pos"] + o["vel"]
             for d in range(2):   # bounce: reflect the centre back inside [r, S - r]
                 lo, hi = o["radius"], S - o["radius"]
                 if not lo <= o["pos"][d] <= hi:
                     o["pos"][d] = 2 * (lo if o["pos"][d] < lo else hi) - o["pos"][d]
                     o["vel"][d] = -o["vel"][d]
-        video[t] = frame
     caption = " and ".join(f"a {o['colour']} {o['shape']} moving {o['direction']}" for o in objects)
-    caption += f" on a {background} background"
     factors = dict(colours=[o["colour"] for o in objects], shapes=[o["shape"] for o in objects],
                    directions=[o["direction"] for o in objects], background=background)
-    return np.clip(video, 0, 1) * 2 - 1, caption, factors, centres
+    looks = [dict(colour=o["colour"], shape=o["shape"], radius=o["radius"]) for o in objects]
+    return dict(caption=caption + f" on a {background} background", factors=factors, centres=centres,
+                objects=looks, level=BACKGROUNDS[background], ramp=ramp)
 
 
-def make_batch(seed, n, cfg=WorldConfig(), split="train"):
-    """n clips from one seed: (videos (n,F,3,H,W) tensor, captions, factors, centres)."""
-    clips = [make_clip([int(s) for s in np.atleast_1d(seed)] + [i], cfg, split) for i in range(n)]
-    videos = torch.from_numpy(np.stack([c[0] for c in clips]))
-    return videos, [c[1] for c in clips], [c[2] for c in clips], [c[3] for c in clips]
+def render(scenes, size, device="cpu"):
+    """The pixels of drawn scenes, in one batch on `device`: (B, F, 3, size, size) in [-1, 1]. Each
+    object is an anti-aliased coverage 0.5 - d (clipped to [0, 1]) from its signed distance d in pixels,
+    painted over the background in order."""
+    B, T, K = len(scenes), len(scenes[0]["centres"]), max(len(s["objects"]) for s in scenes)
+    f32 = dict(dtype=torch.float32, device=device)
+    yy, xx = torch.meshgrid(torch.arange(size, **f32) + 0.5, torch.arange(size, **f32) + 0.5, indexing="ij")
+    angle = torch.tensor([s["ramp"] or 0.0 for s in scenes], **f32)[:, None, None]
+    ramp = torch.tensor([s["ramp"] is not None for s in scenes], **f32)[:, None, None]
+    level = torch.tensor([s["level"] for s in scenes], **f32)[:, None, None]
+    base = level + ramp * 0.08 * ((xx - size / 2) * angle.cos() + (yy - size / 2) * angle.sin()) / (size / 2)
+    frame = base[:, None, None].expand(B, T, 3, size, size)                              # (B, F, 3, H, W)
+    for k in range(K):
+        objs = [s["objects"][min(k, len(s["objects"]) - 1)] for s in scenes]
+        present = torch.tensor([k < len(s["objects"]) for s in scenes], **f32)[:, None, None, None]
+        centre = torch.from_numpy(np.stack([s["centres"][:, min(k, len(s["objects"]) - 1)] for s in scenes]))
+        centre = centre.to(**f32)                                                          # (B, F, 2)
+        r = torch.tensor([o["radius"] for o in objs], **f32)[:, None, None, None]
+        shape = torch.tensor([SHAPES.index(o["shape"]) for o in objs], device=device)[:, None, None, None]
+        dx, dy = xx - centre[..., 0, None, None], yy - centre[..., 1, None, None]          # (B, F, H, W)
+        circle = (dx ** 2 + dy ** 2).sqrt() - r
+        square = torch.maximum(dx.abs(), dy.abs()) - 0.82 * r
+        dyt = dy - 0.15 * r     # triangle pointing up: the largest distance to its three edge lines
+        triangle = torch.maximum(dyt, torch.maximum(-0.866 * dx - 0.5 * dyt, 0.866 * dx - 0.5 * dyt)) - 0.58 * r
+        d = torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))
+        alpha = ((0.5 - d).clamp(0, 1) * present)[:, :, None]                               # (B, F, 1, H, W)
+        colour = torch.tensor([COLOURS[o["colour"]] for o in objs], **f32)[:, None, :, None, None]
+        frame = frame * (1 - alpha) + colour * alpha
+    return frame.clamp(0, 1) * 2 - 1
+
+
+def make_clip(seed, cfg=WorldConfig(), split="train"):
+    """One clip from its seed: (video (F, 3, H, W) float32 numpy in [-1, 1], caption, factors, centres (F, n, 2))."""
+    s = draw(seed, cfg, split)
+    return render([s], cfg.size)[0].numpy(), s["caption"], s["factors"], s["centres"]
+
+
+def make_batch(seeds, cfg=WorldConfig(), split="train", device="cpu"):
+    """One clip per seed, rendered in one batch on `device`: (videos (B, F, 3, H, W), captions, factors,
+    centres)."""
+    scenes = [draw(seed, cfg, split) for seed in seeds]
+    return render(scenes, cfg.size, device), [s["caption"] for s in scenes], [s["factors"] for s in scenes], \
+        [s["centres"] for s in scenes]
 
 
 def all_captions():
@@ -252,7 +268,7 @@ if __name__ == "__main__":
         clips = FolderClips(args["data"])
         print(f"{len(clips.videos)} clips, e.g. {clips.captions[0]!r}, shape {tuple(clips.videos[0].shape)}")
     else:
-        videos, captions, _, _ = make_batch(0, 16)
+        videos, captions, _, _ = make_batch([[0, i] for i in range(16)])
         for c in captions:
             print(c)
         grid = videos.view(4, 4, *videos.shape[1:]).permute(2, 0, 4, 1, 5, 3).flatten(1, 2).flatten(2, 3)

@@ -41,11 +41,11 @@ class DistillConfig:
     batch: int = 8                  # global batch (videos per iteration, all ranks together)
     n_steps: int = 4                # the student's denoising steps N (Self Forcing's warped list)
     ode_pairs: int = 256            # teacher ODE trajectories to regress on (stage 1)
-    ode_euler: int = 16             # Euler steps per trajectory, a multiple of n_steps (stage 1)
     ode_lr: float = 2e-4            # AdamW lr of the ODE regression (stage 1)
     lr: float = 5e-5                # generator and fake-score lr (stage 2)
     lr_d: float = 1e-3              # discriminator head lr (ASD)
     ratio: int = 5                  # two-time-scale update: one generator update per `ratio` critic updates
+    i2v: float = 0.0                # share of iterations whose rollouts start from a given real first frame
     real_cfg: float = 3.0           # CFG scale g of the real score: x0_u + g (x0_c - x0_u)
     ema: float = 0.98               # EMA decay of the generator
     alpha: str = "0.3,0.1,0.1"      # ASD weight per exit step n = 1..N-1 (gradient-norm ratio; one value: all n)
@@ -62,8 +62,8 @@ class DistillConfig:
 
 PRESETS = {
     "cpu": dict(),                                                           # the shipped recipe
-    "test": dict(steps=2, batch=2, ode_pairs=4, ode_euler=8),                # seconds: checks an install
-    "gpu": dict(teacher="out_gpu/teacher_ema.pt", out="out_gpu", batch=32, ode_pairs=4096, steps=3000),
+    "test": dict(steps=2, batch=2, ode_pairs=4),                             # seconds: checks an install
+    "gpu": dict(teacher="out_gpu/teacher_ema.pt", out="out_gpu", batch=32, ode_pairs=2048, steps=2500, ema=0.99),
     "gpu8": dict(teacher="out_gpu8/teacher_ema.pt", out="out_gpu8", batch=128, ode_pairs=16384, steps=3000),
 }
 
@@ -71,14 +71,15 @@ PRESETS = {
 # -----------------------------------------------------------------------------
 # losses: small pure functions
 
-def dmd_loss(x, teacher, fake, ids_c, ids_u, cfg, g):
+def dmd_loss(x, teacher, fake, ids_c, ids_u, cfg, g, given=False):
     """DMD (Yin et al. 2023, eq. 7-8; docs/algorithms.md §4.2): noise the student sample, compare the
     real score (teacher, with CFG) and the fake score (trained on student samples) in x0 space.
     grad = (x0_fake - x0_real) / mean|x - x0_real| per sample; the loss 0.5 ||x - sg(x - grad)||^2
-    has exactly that gradient (divided by the number of elements)."""
+    has exactly that gradient (divided by the number of elements). given: frame 0 is clean context."""
     B = x.shape[0]
     u = 0.02 + 0.96 * torch.rand(B, generator=g)
-    sigma = M.shift_sigma(u, teacher.cfg.shift)[:, None].expand(-1, x.shape[1]).to(x.device)   # (B, F)
+    sigma = M.shift_sigma(u, teacher.cfg.shift)[:, None].repeat(1, x.shape[1]).to(x.device)   # (B, F)
+    sigma[:, 0] = 0.0 if given else sigma[:, 0]                  # sigma 0: x0 = x there, no gradient
     with torch.no_grad():
         xt = M.add_noise(x, torch.randn(x.shape, generator=g).to(x.device), sigma)
         text_c, text_u = teacher.encode_text(ids_c), teacher.encode_text(ids_u)
@@ -89,12 +90,15 @@ def dmd_loss(x, teacher, fake, ids_c, ids_u, cfg, g):
     return 0.5 * F.mse_loss(x, (x - grad).detach())
 
 
-def fake_score_loss(fake, x, ids, g):
-    """The fake score learns the student's distribution: flow matching on student samples (DMD2)."""
+def fake_score_loss(fake, x, ids, g, given=False):
+    """The fake score learns the student's distribution: flow matching on student samples (DMD2).
+    given: frame 0 is clean context, as for the teacher (no target there)."""
     u = 0.02 + 0.96 * torch.rand(x.shape[0], generator=g)
-    sigma = M.shift_sigma(u, fake.cfg.shift)[:, None].expand(-1, x.shape[1]).to(x.device)
+    sigma = M.shift_sigma(u, fake.cfg.shift)[:, None].repeat(1, x.shape[1]).to(x.device)
+    sigma[:, 0] = 0.0 if given else sigma[:, 0]
     eps = torch.randn(x.shape, generator=g).to(x.device)
-    return F.mse_loss(fake(M.add_noise(x, eps, sigma), sigma, ids).float(), eps - x)
+    v = fake(M.add_noise(x, eps, sigma), sigma, ids).float()
+    return F.mse_loss(v[:, int(given):], (eps - x)[:, int(given):])
 
 
 # the two discriminator losses (docs/algorithms.md §6.4): hinge (Lim & Ye 2017) and relativistic (R3GAN)
@@ -166,16 +170,10 @@ def asd_weight(cfg, n):
 
 def open_log(cfg, name, master):
     """{out}/{name}.log on rank 0 (the resolved config first, then one line per step), else None."""
-    if not master:
-        return None
-    os.makedirs(cfg.out, exist_ok=True)
-    log = open(os.path.join(cfg.out, f"{name}.log"), "a")
-    print(f"config {asdict(cfg)}", file=log, flush=True)
-    return log
-
-
-def compiled(cfg, net):
-    return M.compile_sampler(net) if cfg.compile else net     # attributes pass through the compiled module
+    if master:
+        log = open(os.path.join(cfg.out, f"{name}.log"), "a")
+        print(f"config {asdict(cfg)}", file=log, flush=True)
+        return log
 
 
 def captions(seed, indices):
@@ -208,11 +206,11 @@ def ode_pairs(cfg, teacher, tok, device, master, sigmas):
     Cached in {out}, keyed by everything that makes them (teacher weights, CFG, seed, N, pairs, Euler)."""
     with open(cfg.teacher, "rb") as f:
         key = hashlib.sha1(f.read())
-    key.update(f"{cfg.real_cfg}|{cfg.seed}|{cfg.n_steps}|{cfg.ode_pairs}|{cfg.ode_euler}".encode())
+    key.update(f"{cfg.real_cfg}|{cfg.seed}|{cfg.n_steps}|{cfg.ode_pairs}".encode())
     path = os.path.join(cfg.out, f"ode_pairs_{key.hexdigest()[:12]}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
-    mc, fwd, chunk = teacher.cfg, compiled(cfg, teacher), 16
+    mc, fwd, chunk = teacher.cfg, M.compile_sampler(teacher) if cfg.compile else teacher, 16
     states, x0s, ids_all = [], [], []
     for i in tqdm(range(0, cfg.ode_pairs, chunk), desc="teacher ODE trajectories", disable=not master):
         n = min(chunk, cfg.ode_pairs - i)
@@ -221,7 +219,7 @@ def ode_pairs(cfg, teacher, tok, device, master, sigmas):
         noise = torch.randn((n, mc.frames, mc.channels, mc.size, mc.size), generator=g).to(device)
         text, empty = teacher.encode_text(ids), teacher.encode_text(tok.encode([""] * n).to(device))
         with M.autocast(device):
-            x0, kept = M.euler_sample(fwd, noise, text, empty, cfg.ode_euler, cfg.real_cfg, sigmas)
+            x0, kept = M.euler_sample(fwd, noise, text, empty, 4 * cfg.n_steps, cfg.real_cfg, sigmas)
         states.append(torch.stack([kept[s] for s in sigmas], 1).float().cpu())    # (n, N, F, C, H, W)
         x0s.append(x0.float().cpu())
         ids_all.append(ids.cpu())
@@ -239,7 +237,8 @@ def stage_ode(cfg, rank, world, device, teacher, tok, common, master):
     sigmas = M.few_step_sigmas(cfg.n_steps, mc.shift)                  # the student's exact timesteps
     path = os.path.join(cfg.out, "ode.pt")
     states, x0s, ids_all = ode_pairs(cfg, teacher, tok, device, master, sigmas)
-    fwd, s = compiled(cfg, student), SimpleNamespace(world=world, it=0, ck_path=None)
+    fwd = M.compile_sampler(student) if cfg.compile else student
+    s = SimpleNamespace(world=world, it=0, ck_path=None)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.ode_lr, betas=(0.9, 0.999), weight_decay=0.0)
     micro, nb, fpb = cfg.batch // world, mc.frames // mc.frames_per_block, mc.frames_per_block
     mine = slice(rank * micro, (rank + 1) * micro)
@@ -281,14 +280,14 @@ def build_sf(cfg, world, device, teacher, init):
     mc = M.ModelConfig(**init["model_cfg"])
     s = SimpleNamespace(cfg=cfg, mc=mc, world=world, device=device, teacher=teacher, N=cfg.n_steps,
                         sigmas=M.few_step_sigmas(cfg.n_steps, mc.shift), micro=cfg.batch // world,
-                        nb=mc.frames // mc.frames_per_block, it=0, ck_path="none")
+                        nb=mc.frames // mc.frames_per_block, it=0, ck_path=None, first=None)
     s.G = M.build_model(init, "model").to(device)
     s.G_ema = M.build_model(init, "model").to(device).requires_grad_(False)
     s.fake = M.DiT(teacher.cfg).to(device)                  # fake score: a trainable copy of the teacher
     s.fake.load_state_dict(teacher.state_dict())
     s.head = DHead(mc.dim, mc.heads, taps=list(range(mc.depth // 2, mc.depth)), n_logits=s.N - 1).to(device)
-    # compiled forwards; parameters, optimizers and checkpoints stay on the plain modules
-    s.G_fwd, s.fake_fwd, s.teacher = (compiled(cfg, net) for net in (s.G, s.fake, teacher))
+    # compiled forwards (attributes pass through); parameters, optimizers and checkpoints stay on the modules
+    s.G_fwd, s.fake_fwd, s.teacher = (M.compile_sampler(n) if cfg.compile else n for n in (s.G, s.fake, teacher))
     s.opt_g = torch.optim.AdamW(s.G.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_f = torch.optim.AdamW(s.fake.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.01)
     s.opt_d = torch.optim.AdamW(s.head.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
@@ -305,7 +304,7 @@ def student_rollout(s, n, ids, g, grad, noise=None):
     noise = video_noise(s, g) if noise is None else noise
     schedules = M.block_schedules(s.nb, n, sigmas=s.sigmas)
     with M.autocast(s.device):
-        return M.rollout(s.G_fwd, noise, ids, schedules, grad=grad, generator=g)
+        return M.rollout(s.G_fwd, noise, ids, schedules, grad=grad, generator=g, first_frame=s.first)
 
 
 def generator_step(s, n, ids, ids_u, g):
@@ -319,7 +318,7 @@ def generator_step(s, n, ids, ids_u, g):
     x = student_rollout(s, n, ids, g, grad=True, noise=noise)   # graph only through the exit forwards
     xd = x.detach().requires_grad_(True)
     with M.autocast(s.device):
-        l_dmd = dmd_loss(xd, s.teacher, s.fake_fwd, ids, ids_u, cfg, g)
+        l_dmd = dmd_loss(xd, s.teacher, s.fake_fwd, ids, ids_u, cfg, g, given=s.first is not None)
     grad_x, = torch.autograd.grad(l_dmd, xd)
     stats.update(loss_dmd=l_dmd.item(), g_dmd=grad_x.norm().item())
     if cfg.method == "asd" and n < s.N:
@@ -354,7 +353,7 @@ def generator_step(s, n, ids, ids_u, g):
 def fake_step(s, x, ids, g):
     """Fake-score update on fresh no-grad student samples x (DMD2 / Self Forcing critic)."""
     with M.autocast(s.device):
-        loss = fake_score_loss(s.fake_fwd, x, ids, g)
+        loss = fake_score_loss(s.fake_fwd, x, ids, g, given=s.first is not None)
     step_optimizer(s.fake.parameters(), s.opt_f, s, "fake score", loss)
     return dict(loss_fake=loss.item())
 
@@ -375,25 +374,22 @@ def discriminator_step(s, n, x_n, x_n1, ids, g):
     return dict(loss_d=loss.item(), d_real=real.mean().item(), d_fake=fake.mean().item())
 
 
-TRAINED = ("G", "G_ema", "fake", "head", "opt_g", "opt_f", "opt_d")    # what a checkpoint restores
-
-
 def stage_sf(cfg, rank, world, device, teacher, tok, common, master):
     log = open_log(cfg, cfg.method, master)
     s = build_sf(cfg, world, device, teacher, M.load_checkpoint(cfg.init, "student"))
     s.ck_path = ck_path = os.path.join(cfg.out, f"{cfg.method}.pt")
     ema_path = os.path.join(cfg.out, f"{cfg.method}_ema.pt")
-    start = 0
+    trained, start = ("G", "G_ema", "fake", "head", "opt_g", "opt_f", "opt_d"), 0   # what --resume restores
     if cfg.resume:
         ck = M.load_checkpoint(ck_path, "student-train")
         M.check_same_config(ck["model_cfg"], s.mc, ck_path)
-        for key in TRAINED:
+        for key in trained:
             getattr(s, key).load_state_dict(ck[key])
         start = ck["step"]
         torch.set_rng_state(ck["rng"])
 
     def save(it):
-        nets = {k: getattr(s, k).state_dict() for k in TRAINED}
+        nets = {k: getattr(s, k).state_dict() for k in trained}
         state = dict(step=it, model_cfg=asdict(s.mc), **common)
         M.save_checkpoint(dict(kind="student-train", rng=torch.get_rng_state(), **nets, **state), ck_path)
         M.save_checkpoint(dict(kind="student", ema=s.G_ema.state_dict(), **state), ema_path)
@@ -408,6 +404,10 @@ def stage_sf(cfg, rank, world, device, teacher, tok, common, master):
         rnd = random.Random(cfg.seed * 1_000_003 + it)                              # draws shared by ranks
         caps = captions([cfg.seed, 7, it], range(rank * s.micro, (rank + 1) * s.micro))      # this rank's
         ids, ids_u = tok.encode(caps).to(device), tok.encode([""] * s.micro).to(device)
+        s.first = None      # image-to-video iterations: the first frame of the captions' own world clips
+        if random.Random(f"i2v {cfg.seed} {it}").random() < cfg.i2v:
+            seeds = [[cfg.seed, 7, it, i] for i in range(rank * s.micro, (rank + 1) * s.micro)]
+            s.first = data.make_batch(seeds, data.WorldConfig(**common["world"]), device=device)[0][:, 0]
         # the exit step n changes the graph, so every rank must agree: drawn on rank 0, broadcast
         stats = {}
         if it % cfg.ratio == 0:                                   # two-time-scale update rule
@@ -440,9 +440,8 @@ def main(argv):
     cfg = M.parse_args(DistillConfig(), argv, PRESETS, __doc__)
     if cfg.method not in ("ode", "dmd", "asd") or cfg.d_loss not in ("hinge", "rpgan"):
         sys.exit("error: --method must be ode|dmd|asd and --d_loss hinge|rpgan")
-    if len(cfg.alpha.split(",")) not in (1, cfg.n_steps - 1) or cfg.ode_euler % cfg.n_steps:
-        sys.exit(f"error: --alpha needs 1 or n_steps - 1 = {cfg.n_steps - 1} comma-separated weights, "
-                 f"and --ode_euler must be a multiple of --n_steps={cfg.n_steps}")
+    if len(cfg.alpha.split(",")) not in (1, cfg.n_steps - 1):
+        sys.exit(f"error: --alpha needs 1 or n_steps - 1 = {cfg.n_steps - 1} comma-separated weights")
     rank, world, device = M.setup(cfg.device, cfg.seed)
     if cfg.batch % world:
         sys.exit(f"error: --batch={cfg.batch} is not divisible by {world} ranks")
@@ -455,6 +454,7 @@ def main(argv):
     common = dict(train_cfg=asdict(cfg), world=tck["world"],
                   tokenizer=torch.tensor(list(tok_bytes), dtype=torch.uint8))
     if master:
+        os.makedirs(cfg.out, exist_ok=True)
         print(f"distill, method {cfg.method}: {cfg.steps} iterations of {cfg.batch} videos, "
               f"{world} rank(s), device {device}")
     made_init = os.path.join(cfg.out, "ode.pt")

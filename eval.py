@@ -71,6 +71,7 @@ class EvalConfig:
 PRESETS = {
     "cpu": dict(),                                                           # the README's scorecards
     "test": dict(n=4, n_heldout=4, sim_n=2, boot=100, boot_fd=2),            # seconds: checks an install
+    "gpu": dict(),                                                           # the same scorecards, sampled on GPU
 }
 
 # VBench's layout (docs/algorithms.md §8.2-8.3): quality weights (dynamic degree counts half),
@@ -122,9 +123,9 @@ def real_videos(prompts, size, frames, which=0, world=data.WorldConfig(), centre
     """The world's clips for the prompts (N, F, 3, H, W): which=0 the FD reference, 1 the ceiling;
     world: the one the model learned from (data.world_of). centres=True: also the object's (N, F, 2)."""
     cfg = replace(world, size=size, frames=frames, p_two=0)
-    clips = [data.make_clip(p["world"][which], cfg, p["split"]) for p in prompts]
-    videos = torch.from_numpy(np.stack([c[0] for c in clips]))
-    return (videos, torch.from_numpy(np.stack([c[3][:, 0] for c in clips]))) if centres else videos
+    split = prompts[0]["split"]                                    # every prompt grid is of one split
+    videos, _, _, tracks = data.make_batch([p["world"][which] for p in prompts], cfg, split)
+    return (videos, torch.from_numpy(np.stack([c[:, 0] for c in tracks]))) if centres else videos
 
 
 # -----------------------------------------------------------------------------
@@ -245,10 +246,10 @@ EVAL_WORLD = dict(p_two=0, speed=(1.0, 1.6), wall_free=0, centred=False)
 def world_batch(seed, n, size, frames):
     """n fresh single-object clips of every caption (held-out triples included) and their labels."""
     cfg = data.WorldConfig(size=size, frames=frames, **EVAL_WORLD)
-    clips = [data.make_clip(list(seed) + [i], cfg, "all") for i in range(n)]
-    centres = torch.from_numpy(np.stack([c[3][:, 0] for c in clips]))              # (n, F, 2) pixels
-    label = lambda names, key: torch.tensor([names.index(c[2][key][0]) for c in clips])
-    return torch.from_numpy(np.stack([c[0] for c in clips])), dict(
+    videos, _, factors, tracks = data.make_batch([list(seed) + [i] for i in range(n)], cfg, "all")
+    centres = torch.from_numpy(np.stack([c[:, 0] for c in tracks]))                  # (n, F, 2) pixels
+    label = lambda names, key: torch.tensor([names.index(f[key][0]) for f in factors])
+    return videos, dict(
         shape=label(SHAPES, "shapes"), colour=label(COLOURS, "colours"),
         direction=label(DIRECTIONS, "directions"), speed=centres.diff(dim=1).norm(dim=-1).median(1).values,
         centres=centres)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline from nothing (no file of ckpt/ is read), stage by stage, then the results table:
 #   bash pipeline.sh          # CPU tier: the shipped recipe, tiny model (times below: 2 cores, AVX2, 2026-11-29)
+#   bash pipeline.sh gpu      # one-GPU tier: a wider teacher, more steps (bf16; sized for ~8 min, not run yet)
 #   bash pipeline.sh test     # every stage in a few steps, to check an install (the test suite runs it)
 # Output: out/pipeline_<tier>/ with the checkpoints, logs, scorecards (eval/*.json) and results.md.
 set -euo pipefail

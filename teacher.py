@@ -57,7 +57,7 @@ class TrainConfig:
 PRESETS = {
     "cpu": dict(),                                                           # the shipped recipe
     "test": dict(steps=2, compile=False),                                    # seconds: checks an install
-    "gpu": dict(model="small", out="out_gpu", steps=20000, batch=64, lr=3e-4),   # on paper, not run
+    "gpu": dict(model="wide", out="out_gpu", steps=4000, batch=64),         # one GPU, minutes (not run yet)
     "gpu8": dict(model="base", out="out_gpu8", steps=40000, batch=256, lr=2e-4),  # on paper, not run
 }
 
@@ -70,15 +70,15 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None):
+def get_batch(cfg, world_cfg, tok, step, lo, hi, folder=None, device="cpu"):
     """Videos lo..hi-1 of step `step`'s global batch, with their noise, noise levels and dropout mask.
-    Each clip depends on (seed, step, index) only; the noise is drawn for the whole global batch."""
+    Each clip depends on (seed, step, index) only, and is rendered on `device`; the noise is drawn
+    for the whole global batch."""
     if folder is not None:
         x0, captions = folder.batch([cfg.seed, step], cfg.batch)
         x0, captions = x0[lo:hi], captions[lo:hi]
     else:
-        clips = [data.make_clip([cfg.seed, step, i], world_cfg) for i in range(lo, hi)]
-        x0, captions = torch.stack([torch.from_numpy(c[0]) for c in clips]), [c[1] for c in clips]
+        x0, captions, _, _ = data.make_batch([[cfg.seed, step, i] for i in range(lo, hi)], world_cfg, device=device)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     eps = torch.randn((cfg.batch,) + tuple(x0.shape[1:]), generator=g)[lo:hi]
     # levels drawn like the sampler's grid, shift(U(0, 1)): motion is decided at the high noise
@@ -173,7 +173,7 @@ def main(argv):
         total = 0.0
         for a in range(accum):
             lo = (rank * accum + a) * micro
-            batch = get_batch(cfg, world_cfg, tok, step, lo, lo + micro, folder)
+            batch = get_batch(cfg, world_cfg, tok, step, lo, lo + micro, folder, device)
             x0, ids, eps, sigma = (t.to(device) for t in batch)
             with M.autocast(device):
                 loss = flow_loss(fwd, x0, ids, eps, sigma) / accum

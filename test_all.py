@@ -49,7 +49,7 @@ def tiny_run(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("run"))
     run(["teacher.py", "--model=test", "--steps=4", "--compile=false", f"--out={d}"])
     run(["distill.py", "--method=ode", f"--teacher={d}/teacher_ema.pt", f"--out={d}", "--steps=2",
-         "--ode_pairs=8", "--ode_euler=8", "--batch=4"])
+         "--ode_pairs=8", "--batch=4"])
     for m in ("dmd", "asd"):
         run(["distill.py", f"--method={m}", f"--teacher={d}/teacher_ema.pt", f"--init={d}/ode.pt", f"--out={d}",
              "--steps=2", "--batch=2"])
@@ -85,6 +85,42 @@ def test_world_is_deterministic_and_returns_factors():
     assert centres.shape == (8, len(factors["colours"]), 2)
     for c, s, d in zip(factors["colours"], factors["shapes"], factors["directions"]):
         assert f"a {c} {s} moving {d}" in caption
+
+
+def reference_pixels(scene, size):
+    """The world's pixels painted the plain way, one frame and one object at a time in float64 numpy:
+    what data.render must equal."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    base = np.full((size, size), scene["level"])
+    if scene["ramp"] is not None:
+        a = scene["ramp"]
+        base = base + 0.08 * ((xx - size / 2) * np.cos(a) + (yy - size / 2) * np.sin(a)) / (size / 2)
+    video = []
+    for centres in scene["centres"]:
+        frame = np.repeat(base[None], 3, axis=0)
+        for o, (cx, cy) in zip(scene["objects"], centres):
+            dx, dy, r = xx - cx, yy - cy, o["radius"]
+            d = {"circle": np.sqrt(dx ** 2 + dy ** 2) - r, "square": np.maximum(np.abs(dx), np.abs(dy)) - 0.82 * r,
+                 "triangle": np.max([dx * a + (dy - 0.15 * r) * b for a, b in [(0, 1), (-0.866, -0.5), (0.866, -0.5)]],
+                                    axis=0) - 0.58 * r}[o["shape"]]
+            alpha = np.clip(0.5 - d, 0, 1)
+            frame = frame * (1 - alpha) + np.array(data.COLOURS[o["colour"]])[:, None, None] * alpha
+        video.append(frame)
+    return np.clip(np.stack(video), 0, 1) * 2 - 1
+
+
+def test_batched_renderer_equals_the_plain_one():
+    """data.render paints a whole batch at once (on any device); it equals the plain per-frame painter
+    for both worlds, one and two objects, plain and graded backgrounds."""
+    for world in (data.WorldConfig(p_two=0.5), data.WorldConfig(p_two=0.5, wall_free=0, speed=(1.0, 1.6), size=24)):
+        scenes = [data.draw([8, i], world) for i in range(40)]
+        videos = data.render(scenes, world.size)
+        assert videos.shape == (40, world.frames, 3, world.size, world.size)
+        assert {len(s["objects"]) for s in scenes} == {1, 2} and {s["ramp"] is None for s in scenes} == {True, False}
+        for video, scene in zip(videos, scenes):
+            assert np.abs(video.numpy() - reference_pixels(scene, world.size)).max() < 1e-5
+    v, caption, factors, centres = data.make_clip([8, 3], world)
+    assert np.array_equal(v, videos[3].numpy()) and caption == scenes[3]["caption"]
 
 
 def test_world_motion_follows_caption():
@@ -937,7 +973,7 @@ def test_defaults_are_the_recipe_of_the_shipped_checkpoints(ckpt, config):
     stored = torch.load(os.path.join(HERE, "ckpt", ckpt), weights_only=True)["train_cfg"]
     fields = set(asdict(config())) - PER_RUN
     if ckpt == "ode_tiny.pt":      # stage 1 reads only these
-        fields = {"steps", "batch", "n_steps", "ode_pairs", "ode_euler", "ode_lr", "real_cfg", "seed"}
+        fields = {"steps", "batch", "n_steps", "ode_pairs", "ode_lr", "real_cfg", "seed"}
     if ckpt == "dmd_tiny.pt":      # the baseline never reads the discriminator's options
         fields -= {"alpha", "d_loss", "d_pair", "d_sigma_max", "lr_d"}
     diff = {f: (stored.get(f, "missing"), getattr(config(), f)) for f in fields
@@ -979,11 +1015,11 @@ def test_help_lists_every_option_and_exits_0(script):
 
 def test_ode_pairs_cache_is_keyed_on_what_made_it(tmp_path, tiny_run):
     tch, tok = _teacher_and_tokenizer(tiny_run)
-    sig = M.few_step_sigmas(4, tch.cfg.shift)
-    cfg = distill.DistillConfig(teacher=f"{tiny_run}/teacher_ema.pt", out=str(tmp_path), ode_pairs=2, ode_euler=4)
+    sig = M.few_step_sigmas(2, tch.cfg.shift)
+    cfg = distill.DistillConfig(teacher=f"{tiny_run}/teacher_ema.pt", out=str(tmp_path), ode_pairs=2, n_steps=2)
     a = distill.ode_pairs(cfg, tch, tok, torch.device("cpu"), True, sig)
     assert torch.equal(distill.ode_pairs(cfg, tch, tok, torch.device("cpu"), True, sig)[0], a[0])   # reused
-    for change in (dict(real_cfg=1.0), dict(seed=1), dict(ode_euler=8)):
+    for change in (dict(real_cfg=1.0), dict(seed=1), dict(ode_pairs=3)):
         other = distill.ode_pairs(distill.DistillConfig(**{**asdict(cfg), **change}), tch, tok, torch.device("cpu"),
                                   True, sig)
         assert not torch.equal(other[1], a[1]), change
