@@ -49,7 +49,7 @@ class DistillConfig:
     real_cfg: float = 3.0           # CFG scale g of the real score: x0_u + g (x0_c - x0_u)
     ema: float = 0.98               # EMA decay of the generator
     alpha: str = "0.3,0.1,0.1"      # ASD weight per exit step n = 1..N-1 (gradient-norm ratio; one value: all n)
-    d_loss: str = "rpgan"           # discriminator loss: rpgan (relativistic) | hinge
+    d_loss: str = "hinge"           # discriminator loss: hinge | rpgan (relativistic)
     d_pair: bool = True             # D's n- and (n+1)-step samples share their noise (paired) or not
     d_sigma_max: float = 0.1        # D's inputs are noised at sigma = shift(U(0.02, d_sigma_max))
     seed: int = 0                   # prompts, noise, exit steps

@@ -832,7 +832,9 @@ def print_result(r, cfg):
     print(f"{'SEMANTIC':60s}{s['semantic']:7.3f}\n{'TOTAL (4 Q + S) / 5':60s}{s['total']:7.3f}")
     print(f"FVD-synth {fv['fd']:.1f} +- {fv['boot_sd']:.1f} (real-vs-real floor {fv['floor']:.1f} "
           f"+- {fv['floor_boot_sd']:.1f}, N={fv['n']}) | clip-net direction accuracy {s['clip_direction']:.3f}")
-    for k in ("fd_frame", "fd_frame_real", "colour_acc", "colour_err", "noise", "step"):
+    for k in ("fd_frame", "fd_frame_real", "colour_acc", "shape_acc", "colour_err", "noise", "step", "pos_err"):
+        if k not in s["curves"]:
+            continue
         le = f"   late/early {s['late_early'][k]:.2f}" if k in s["late_early"] else ""
         print(f"{k + '(t)':18s}" + " ".join(f"{v:7.3f}" for v in s["curves"][k]) + le)
     print("held-out triples: " + " | ".join(f"{d} {v['model']:.3f} (real {v['real']:.3f})"

@@ -32,7 +32,7 @@ import model as M
 @dataclass
 class SampleConfig:
     ckpt: str = "ckpt/asd_tiny.pt"  # a student (causal) or teacher checkpoint
-    prompt: str = ""                # caption; empty = a different world caption per sample
+    prompt: str = ""                # caption, or captions "A|B|..." cycled over the videos; empty = world captions
     n: int = 4                      # number of videos
     seed: int = 0                   # noise seed
     steps: int = 1                  # denoising steps per block (student) or Euler steps (teacher)
@@ -109,11 +109,11 @@ def to_uint8(video):
 
 
 def write_outputs(videos, captions, path, fps):
-    """videos (B, F, C, H, W): a side-by-side gif and mp4 (upscaled 4x), and a PNG grid (rows = videos).
-    Returns the files written."""
+    """videos (B, F, C, H, W): a gif and an mp4 with the videos stacked top to bottom (upscaled 4x), and
+    a PNG grid (rows = videos, columns = frames). Returns the files written."""
     import imageio.v3 as iio
     frames = to_uint8(videos)                                               # (B, F, H, W, C)
-    movie = np.concatenate(list(frames), axis=2).repeat(4, 1).repeat(4, 2)  # (F, 4H, 4*B*W, C)
+    movie = np.concatenate(list(frames), axis=1).repeat(4, 1).repeat(4, 2)  # (F, 4*B*H, 4W, C)
     grid = np.concatenate([np.concatenate(list(v), axis=1) for v in frames], axis=0)   # (B*H, F*W, C)
     iio.imwrite(path + ".gif", movie, duration=1000 // fps, loop=0)
     iio.imwrite(path + ".png", grid.repeat(4, 0).repeat(4, 1))
@@ -134,11 +134,12 @@ def main(argv):
     mc = net.cfg
     if cfg.compile:
         net = M.compile_sampler(net)
-    if cfg.prompt.strip() == "" and any(a.startswith("--prompt") for a in argv):
+    given = [c.strip() for c in cfg.prompt.split("|")]
+    if not all(given) and any(a.startswith("--prompt") for a in argv):
         sys.exit("error: --prompt is empty; give a caption such as 'a red circle moving left on a dark background'")
-    captions = [cfg.prompt] * cfg.n if cfg.prompt else \
+    captions = [given[i % len(given)] for i in range(cfg.n)] if cfg.prompt else \
         [data.make_clip([cfg.seed, 3, i], data.WorldConfig(frames=1))[1] for i in range(cfg.n)]
-    unknown = tok.unknown_words(captions[0]) if cfg.prompt else []
+    unknown = sorted({w for c in set(captions) for w in tok.unknown_words(c)}) if cfg.prompt else []
     if unknown:
         print(f"warning: words the tokenizer has never seen are ignored as <unk>: {', '.join(unknown)}")
     try:
@@ -162,13 +163,13 @@ def main(argv):
         except ValueError as e:
             sys.exit(f"error: --first_frame: {e}")
     if cfg.switch:
-        switch = parse_switch(cfg.switch, frames, mc, tok, cfg.n, device)
+        switch = (*parse_switch(cfg.switch, frames, mc, tok, cfg.n, device), cfg.recache)
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.n, frames, mc.channels, mc.size, mc.size), generator=g).to(device)
     first, t0 = {}, time.perf_counter()
     videos = generate(net, ids, ids_u, noise, cfg.steps, first_steps, n_max, cfg.cfg, g,
                       on_block=lambda b, x: first.setdefault("t", time.perf_counter()), first_frame=image,
-                      switch=switch if switch is None else (*switch[:2], cfg.recache))
+                      switch=switch)
     total = time.perf_counter() - t0
     first.setdefault("t", time.perf_counter())   # a bidirectional model shows nothing before the end
     name = label(mc.causal, cfg.steps, first_steps)
