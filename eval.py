@@ -698,7 +698,8 @@ def switch_study(ev, ck, prompts, frame, frames, args):
     """A prompt switch at `frame` of a `frames`-long stream: caption B = caption A with the next colour
     and the opposite direction (same shape and background). Per frame, over videos: the frame net's
     colour is B's (colour_b) or A's (colour_a), the tracked step into the frame along B's direction
-    (step_b, px) and its length (jump), and the background flicker; with no switch, with the cached
+    (step_b, px) and its length (jump), the object's area (px, 0 = gone) and the background flicker; with
+    no switch, with the cached
     context kept as it is, and with it recomputed under B (LongLive's re-cache). Frames to follow:
     from the switch until the mean curve holds half the videos (colour), or until the step along B,
     averaged over the next 4 frames (two blocks), reaches half the world's slowest speed (direction)."""
@@ -721,13 +722,15 @@ def switch_study(ev, ck, prompts, frame, frames, args):
         along = [0.0] + (step * unit_b[:, None]).sum(-1).mean(0).tolist()
         curves = dict(colour_b=(colour == idx_b[:, None]).float().mean(0).tolist(),
                       colour_a=(colour == idx_a[:, None]).float().mean(0).tolist(), step_b=along,
-                      jump=[0.0] + step.norm(dim=-1).mean(0).tolist(), flicker=[0.0] + flicker.tolist())
+                      jump=[0.0] + step.norm(dim=-1).mean(0).tolist(), flicker=[0.0] + flicker.tolist(),
+                      area=mask.sum((-1, -2)).float().mean(0).tolist())
         ahead = [np.mean(along[t:t + 4]) for t in range(frames)]
         follow = lambda c, level, t0: next((t - frame for t in range(t0, frames) if c[t] >= level), None)
         out[mode] = dict(curves=curves, colour_frames=follow(curves["colour_b"], 0.5, frame),
                          direction_frames=follow(ahead, 0.5 * data.WorldConfig.speed[0], frame + 1),
                          jump_at_switch=curves["jump"][frame], flicker_at_switch=curves["flicker"][frame],
-                         flicker_median=float(np.median(curves["flicker"][1:])))
+                         flicker_median=float(np.median(curves["flicker"][1:])),
+                         area_kept=float(np.mean(curves["area"][-4:]) / np.mean(curves["area"][frame - 4:frame])))
     return out
 
 
@@ -853,11 +856,11 @@ def cli_switch(cfg, ev, ck, prompts, args, stem):
     print(f"{stem} at {label} steps, {len(prompts)} videos of {cfg.switch_frames} frames, caption switched at "
           f"frame {cfg.switch} (next colour, opposite direction)")
     print(f"{'context':8s} {'frames to colour':>16s} {'to direction':>13s} {'jump at switch (px)':>20s} "
-          f"{'flicker at switch / median':>27s}")
+          f"{'flicker at switch / median':>27s} {'area last 4 / before':>21s}")
     for mode in ("none", "keep", "recache"):
         m = r[mode]
         print(f"{mode:8s} {m['colour_frames']!s:>16s} {m['direction_frames']!s:>13s} {m['jump_at_switch']:20.2f} "
-              f"{m['flicker_at_switch']:13.4f} / {m['flicker_median']:.4f}")
+              f"{m['flicker_at_switch']:13.4f} / {m['flicker_median']:.4f} {m['area_kept']:21.2f}")
         for k, v in m["curves"].items():
             print(f"  {k + '(t)':12s}" + " ".join(f"{x:5.2f}" for x in v))
     os.makedirs(cfg.out, exist_ok=True)

@@ -1123,3 +1123,17 @@ def test_recache_equals_the_cache_the_stream_built(tiny_run):
     again = M.recache(net, blocks, text, window=0)
     assert again.frames == cache.frames == 3
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(again.k + again.v, cache.k + cache.v))
+
+
+def test_switch_study_shares_the_frames_before_the_switch(tmp_path, evaluator):
+    """eval.py --switch: every mode samples the same noise, so each curve is equal before the switch; the
+    object's area is measured in pixels and its ratio after / before is reported per mode."""
+    _, ev_path = evaluator
+    run_eval(["--ckpt=ckpt/asd_tiny.pt", "--steps=1", "--switch=4", "--switch_frames=12", "--n=4", "--preset=test",
+              f"--evaluator={ev_path}", f"--out={tmp_path}"])
+    r = json.load(open(tmp_path / "asd_tiny_1star_switch4.json"))
+    for mode in ("keep", "recache"):
+        for k, v in r[mode]["curves"].items():
+            assert v[:4] == r["none"]["curves"][k][:4], (mode, k)
+        assert r[mode]["area_kept"] >= 0 and r[mode]["curves"]["area"][0] > 4
+    assert r["none"]["area_kept"] > 0.5       # without a switch the object stays
