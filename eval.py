@@ -698,9 +698,9 @@ def switch_study(ev, ck, prompts, frame, frames, args):
     """A prompt switch at `frame` of a `frames`-long stream: caption B = caption A with the next colour
     and the opposite direction (same shape and background). Per frame, over videos: the frame net's
     colour is B's (colour_b) or A's (colour_a), the tracked step into the frame along B's direction
-    (step_b, px) and its length (jump), the object's area (px, 0 = gone) and the background flicker; with
-    no switch, with the cached
-    context kept as it is, and with it recomputed under B (LongLive's re-cache). Frames to follow:
+    (step_b, px) and its length (jump), the object's area (px, 0 = gone) and the background flicker;
+    with no switch, with the cached context kept as it is, and with it recomputed under B (LongLive's
+    re-cache). area_kept: the area over the last 4 frames / over the 4 before the switch. Frames to follow:
     from the switch until the mean curve holds half the videos (colour), or until the step along B,
     averaged over the next 4 frames (two blocks), reaches half the world's slowest speed (direction)."""
     opposite = dict(left="right", right="left", up="down", down="up")
@@ -724,13 +724,14 @@ def switch_study(ev, ck, prompts, frame, frames, args):
                       colour_a=(colour == idx_a[:, None]).float().mean(0).tolist(), step_b=along,
                       jump=[0.0] + step.norm(dim=-1).mean(0).tolist(), flicker=[0.0] + flicker.tolist(),
                       area=mask.sum((-1, -2)).float().mean(0).tolist())
+        area = curves["area"]
         ahead = [np.mean(along[t:t + 4]) for t in range(frames)]
         follow = lambda c, level, t0: next((t - frame for t in range(t0, frames) if c[t] >= level), None)
         out[mode] = dict(curves=curves, colour_frames=follow(curves["colour_b"], 0.5, frame),
                          direction_frames=follow(ahead, 0.5 * data.WorldConfig.speed[0], frame + 1),
                          jump_at_switch=curves["jump"][frame], flicker_at_switch=curves["flicker"][frame],
                          flicker_median=float(np.median(curves["flicker"][1:])),
-                         area_kept=float(np.mean(curves["area"][-4:]) / np.mean(curves["area"][frame - 4:frame])))
+                         area_kept=float(np.mean(area[-4:]) / np.mean(area[frame - 4:frame])))
     return out
 
 
@@ -847,7 +848,8 @@ def print_result(r, cfg):
 
 
 def cli_switch(cfg, ev, ck, prompts, args, stem):
-    """--switch=F: the prompt-switch study (switch_study), printed and written to {stem}_switch{F}.json."""
+    """--switch=F: the prompt-switch study (switch_study), printed and written to {--name or
+    stem_label_switchF}.json."""
     mc = M.ModelConfig(**ck["model_cfg"])
     if not mc.causal or cfg.switch % mc.frames_per_block or not 0 < cfg.switch < cfg.switch_frames:
         sys.exit(f"error: --switch needs a causal student and a block boundary inside --switch_frames")
@@ -864,7 +866,8 @@ def cli_switch(cfg, ev, ck, prompts, args, stem):
         for k, v in m["curves"].items():
             print(f"  {k + '(t)':12s}" + " ".join(f"{x:5.2f}" for x in v))
     os.makedirs(cfg.out, exist_ok=True)
-    path = os.path.join(cfg.out, f"{stem}_{label.replace('*', 'star')}_switch{cfg.switch}.json")
+    name = cfg.name or f"{stem}_{label.replace('*', 'star')}_switch{cfg.switch}"
+    path = os.path.join(cfg.out, name + ".json")
     with open(path, "w") as f:
         json.dump(dict(ckpt=cfg.ckpt, label=label, config=asdict(cfg), prompts=[p["caption"] for p in prompts],
                        **r), f)
