@@ -1,4 +1,4 @@
-"""
+r"""
 Sample videos: the causal student with 1, 2 or 4 steps per block (FFE on by default), or the
 teacher with many Euler steps and CFG. Writes a gif, a PNG grid of frames and, with imageio-ffmpeg,
 an mp4 (h264).

@@ -759,6 +759,19 @@ def test_tracker_follows_real_objects():
     assert (frozen == y["direction"]).float().mean() < 0.5
 
 
+def test_two_object_check_sees_both_objects_and_their_directions():
+    x, _, f, _ = data.make_batch([[78, i] for i in range(64)], data.WorldConfig(p_two=1.0))
+    drawn, dirs = E.two_objects(x, f)
+    assert drawn.mean() > 0.9 and dirs.mean() > 0.85                   # real clips: only crossings miss
+    one = x.clone()
+    one[..., 16:] = one[..., :1, :1]                                    # right half painted over
+    assert E.two_objects(one, f)[0].mean() < 0.6
+    assert E.two_objects(x, f[1:] + f[:1])[0].mean() < 0.15           # someone else's captions
+    flipped = [dict(g, directions=[{"left": "right", "right": "left", "up": "down", "down": "up"}[d]
+                                   for d in g["directions"]]) for g in f]
+    assert E.two_objects(x, flipped)[1].mean() < 0.1
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(0)
     a = rng.normal(size=500)

@@ -31,4 +31,12 @@ python sample.py --steps 1 --frames 32 --n 2 --prompt "$A" --switch "$B" --recac
 python sample.py --steps 1 --frames 32 --n 2 --prompt "$A" --switch "$B" --recache true --out $O/recache
 cp $O/keep/sample_1star.gif assets/switch_keep.gif
 cp $O/recache/sample_1star.gif assets/switch_recache.gif
-echo "wrote assets/*.gif assets/first_frame.png"
+# the 20000-step teacher (docs/results.md §6.2): world captions, and two-object captions
+python sample.py --ckpt ckpt/teacher_20000.pt --steps 16 --n 6 --seed 1 --out $O/t20k
+T="a red circle moving left and a blue square moving up on a dark background"
+T="$T|a yellow triangle moving right and a cyan circle moving down on a grey background"
+T="$T|a green square moving down and a purple triangle moving left on a dark background"
+python sample.py --ckpt ckpt/teacher_20000.pt --steps 16 --n 3 --seed 1 --prompt "$T" --out $O/t20k_two
+cp $O/t20k/sample_teacher16.png assets/teacher_20000.png
+cp $O/t20k_two/sample_teacher16.png assets/teacher_20000_two_objects.png
+echo "wrote assets/*.gif assets/*.png"
