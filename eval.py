@@ -343,11 +343,18 @@ def track(videos, thresh=0.25):
     bg = border.median(dim=-1).values                                              # (N, F, C)
     mask = (u - bg[..., None, None]).abs().amax(2) > thresh                       # (N, F, H, W)
     H, W = mask.shape[-2:]
-    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-    area = mask.sum((-1, -2)).clamp_min(1)
-    centres = torch.stack([(mask * xx).sum((-1, -2)) / area, (mask * yy).sum((-1, -2)) / area], dim=-1)
-    centres = torch.where(mask.any(-1).any(-1)[..., None], centres, torch.tensor([W / 2, H / 2]))
+    centres, area = centroids(mask)
+    centres = torch.where((area > 0)[..., None], centres, torch.tensor([W / 2, H / 2]))
     return mask, centres, bg
+
+
+def centroids(mask):
+    """Masks (..., H, W) -> centroids (..., 2) in pixels (x, y), 0 for an empty mask, and areas (...)."""
+    m = mask.float()
+    H, W = m.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    area = m.sum((-1, -2))
+    return torch.stack([(m * xx).sum((-1, -2)), (m * yy).sum((-1, -2))], -1) / area.clamp_min(1)[..., None], area
 
 
 def tracker_direction(centres):
@@ -597,21 +604,13 @@ def two_objects(videos, factors, min_area=8, apart=4.0):
     u = (videos.clamp(-1, 1) + 1) / 2                                             # (N, F, C, H, W)
     palette = torch.tensor(list(data.COLOURS.values()))                           # (K, C)
     nearest = ((u[:, :, None] - palette[None, None, :, :, None, None]) ** 2).sum(3).argmin(2)
-    H, W = mask.shape[-2:]
-    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-    areas, centres = [], []
-    for k in range(2):
-        want = torch.tensor([COLOURS.index(f["colours"][k]) for f in factors])[:, None, None, None]
-        m = (mask & (nearest == want)).float()                                     # (N, F, H, W)
-        area = m.sum((-1, -2))
-        areas.append(area)
-        centres.append(torch.stack([(m * xx).sum((-1, -2)), (m * yy).sum((-1, -2))], -1) / area.clamp_min(1)[..., None])
-    drawn = (areas[0] >= min_area) & (areas[1] >= min_area)                        # (N, F)
-    ok = drawn & ((centres[0] - centres[1]).norm(dim=-1) >= apart)
-    dirs = [tracker_direction(c) == torch.tensor([DIRECTIONS.index(f["directions"][k]) for f in factors])
-            for k, c in enumerate(centres)]
-    return ok.float().mean(1), (dirs[0] & dirs[1] & drawn.all(1)).float()
-
+    want = [torch.tensor([COLOURS.index(f["colours"][k]) for f in factors])[:, None, None, None] for k in (0, 1)]
+    (c0, a0), (c1, a1) = (centroids(mask & (nearest == w)) for w in want)          # (N, F, 2), (N, F)
+    drawn = (a0 >= min_area) & (a1 >= min_area)                                    # (N, F)
+    ok = drawn & ((c0 - c1).norm(dim=-1) >= apart)
+    right = [tracker_direction(c) == torch.tensor([DIRECTIONS.index(f["directions"][k]) for f in factors])
+             for k, c in enumerate((c0, c1))]
+    return ok.float().mean(1), (right[0] & right[1] & drawn.all(1)).float()
 
 
 @torch.no_grad()
