@@ -41,6 +41,7 @@ class WorldConfig:
     p_gradient: float = 0.5         # probability of a softly graded background
     wall_free: int = 8              # no wall along the motion in the first N frames (0 = start anywhere)
     centred: bool = True            # wall_free room on both sides, so the start does not reveal the direction
+    scale: float = 1.0              # radius and speed multiplier: 2 draws the 32 px world's scenes at 64 px
 
 
 # -----------------------------------------------------------------------------
@@ -70,9 +71,9 @@ def draw(seed, cfg=WorldConfig(), split="train"):
             if k == 1 and (split == "train" and held or colour == objects[0]["colour"]):
                 continue
             break
-        r = rng.uniform(*cfg.radius)
+        r = rng.uniform(*cfg.radius) * cfg.scale
         u = rng.uniform(size=2)                                   # the start, as a fraction of its range
-        vel = np.array(DIRECTIONS[direction]) * rng.uniform(*cfg.speed)
+        vel = np.array(DIRECTIONS[direction]) * rng.uniform(*cfg.speed) * cfg.scale
         # the start may leave room for wall_free frames of straight motion (a clip that bounces early
         # shows the opposite of its caption's direction); wall_free alone leaks the direction through
         # the start, centred does not

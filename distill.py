@@ -63,6 +63,7 @@ class DistillConfig:
 PRESETS = {
     "cpu": dict(),                                                           # the shipped recipe
     "test": dict(steps=2, batch=2, ode_pairs=4),                             # seconds: checks an install
+    "tiny64": dict(),                                                        # the recipe (the teacher sets the world)
     "gpu": dict(teacher="out_gpu/teacher_ema.pt", out="out_gpu", batch=32, ode_pairs=2048, steps=2500, ema=0.99),
     "gpu8": dict(teacher="out_gpu8/teacher_ema.pt", out="out_gpu8", batch=128, ode_pairs=16384, steps=3000),
 }

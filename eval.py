@@ -65,6 +65,7 @@ class EvalConfig:
     train_steps: int = 800          # --train: optimizer steps, fresh clips every step
     size: int = 32                  # --train: frame size the evaluator learns (must match the model's)
     frames: int = 8                 # --train: frames per clip (must match the model's)
+    world_scale: float = 1.0        # --train: the world's object scale (must match the model's world)
     device: str = "auto"            # sampling device: auto | cpu | cuda | mps
 
 
@@ -72,6 +73,7 @@ PRESETS = {
     "cpu": dict(),                                                           # the README's scorecards
     "test": dict(n=4, n_heldout=4, sim_n=2, boot=100, boot_fd=2),            # seconds: checks an install
     "gpu": dict(),                                                           # the same scorecards, sampled on GPU
+    "tiny64": dict(size=64, world_scale=2.0, train_steps=1600),              # --train: the tiny64 world (800: gates missed)
 }
 
 # VBench's layout (docs/algorithms.md §8.2-8.3): quality weights (dynamic degree counts half),
@@ -199,13 +201,13 @@ def with_coords(x):
     return torch.cat([x, grid.expand(x.shape[0], 2, *x.shape[2:-2], H, W)], dim=1)
 
 
-def crops(frames, centres):
-    """CROP x CROP windows (B, C, CROP, CROP) of frames (B, C, H, W) around tracked centres (B, 2), edges
-    replicated. Taking the translation out makes shape a small problem: on whole 32 px frames the
+def crops(frames, centres, scale=1.0):
+    """c x c windows (B, C, c, c), c = CROP * world scale, of frames (B, C, H, W) around tracked centres
+    (B, 2), edges replicated. Taking the translation out makes shape a small problem: on whole 32 px frames the
     nets stalled near 0.7 shape accuracy (docs/algorithms.md §8.5)."""
-    H, W = frames.shape[-2:]
-    off = torch.arange(CROP) - CROP // 2
-    rows = (centres[:, 1].floor().long()[:, None] + off).clamp(0, H - 1)        # (B, CROP)
+    H, W, c = *frames.shape[-2:], round(CROP * scale)
+    off = torch.arange(c) - c // 2
+    rows = (centres[:, 1].floor().long()[:, None] + off).clamp(0, H - 1)        # (B, c)
     cols = (centres[:, 0].floor().long()[:, None] + off).clamp(0, W - 1)
     b = torch.arange(len(frames))[:, None, None]
     return frames.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
@@ -243,9 +245,9 @@ def clip_forward(net, videos):
 EVAL_WORLD = dict(p_two=0, speed=(1.0, 1.6), wall_free=0, centred=False)
 
 
-def world_batch(seed, n, size, frames):
+def world_batch(seed, n, size, frames, scale=1.0):
     """n fresh single-object clips of every caption (held-out triples included) and their labels."""
-    cfg = data.WorldConfig(size=size, frames=frames, **EVAL_WORLD)
+    cfg = data.WorldConfig(size=size, frames=frames, scale=scale, **EVAL_WORLD)
     videos, _, factors, tracks = data.make_batch([list(seed) + [i] for i in range(n)], cfg, "all")
     centres = torch.from_numpy(np.stack([c[:, 0] for c in tracks]))                  # (n, F, 2) pixels
     label = lambda names, key: torch.tensor([names.index(f[key][0]) for f in factors])
@@ -261,13 +263,13 @@ def frame_outputs(ev, videos, centres, chunk=1024):
     x, c, outs = videos.flatten(0, 1), centres.flatten(0, 1), []
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            h = ev["frame"]["trunk"](with_coords(crops(x[i:i + chunk], c[i:i + chunk])))
+            h = ev["frame"]["trunk"](with_coords(crops(x[i:i + chunk], c[i:i + chunk], ev["scale"])))
             pos = c[i:i + chunk] + ev["frame"]["pos"](h)
             outs.append((h, ev["frame"]["shape"](h), ev["frame"]["colour"](h), pos))
     return [torch.cat(o).unflatten(0, videos.shape[:2]) for o in zip(*outs)]
 
 
-def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=False):
+def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=False, scale=1.0):
     """Train both nets jointly on fresh clips every step (a fixed set overfits: docs/algorithms.md §8.5), with
     light pixel noise so slightly noisy samples stay in distribution. Returns the evaluator dict."""
     torch.manual_seed(seed)
@@ -277,11 +279,11 @@ def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=Fal
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ce, rows = F.cross_entropy, torch.arange(batch)[:, None]
     for step in tqdm(range(steps), desc="evaluator", disable=not progress):
-        x, y = world_batch([seed, 5, step], batch, size, frames)
+        x, y = world_batch([seed, 5, step], batch, size, frames, scale)
         x = x + 0.05 * torch.rand(batch, 1, 1, 1, 1) * torch.randn_like(x)
         _, tracked, _ = track(x)
         k = torch.randint(0, frames, (batch, 2))                                  # 2 frames per clip for FrameNet
-        h = fnet["trunk"](with_coords(crops(x[rows, k].flatten(0, 1), tracked[rows, k].flatten(0, 1))))
+        h = fnet["trunk"](with_coords(crops(x[rows, k].flatten(0, 1), tracked[rows, k].flatten(0, 1), scale)))
         rep = lambda t: t.repeat_interleave(2, 0)
         offset = (y["centres"] - tracked)[rows, k].flatten(0, 1)
         loss = ce(fnet["shape"](h), rep(y["shape"])) + ce(fnet["colour"](h), rep(y["colour"])) + \
@@ -294,12 +296,12 @@ def train_evaluator(size=32, frames=8, steps=800, batch=32, seed=0, progress=Fal
         loss.backward()
         opt.step()
         sched.step()
-    return dict(frame=fnet.eval(), clip=cnet.eval(), size=size, frames=frames)
+    return dict(frame=fnet.eval(), clip=cnet.eval(), size=size, frames=frames, scale=scale)
 
 
 def gate_accuracies(ev, n=512, seed=0):
     """Accuracies on fresh clips from a seed stream training never draws (the gate before use)."""
-    x, y = world_batch([seed, 9], n, ev["size"], ev["frames"])
+    x, y = world_batch([seed, 9], n, ev["size"], ev["frames"], ev["scale"])
     _, centres, _ = track(x)
     _, shape, colour, pos = frame_outputs(ev, x, centres)
     with torch.no_grad():
@@ -328,7 +330,8 @@ def load_evaluator(path):
     fnet, cnet = frame_net(), clip_net(ck["frames"])
     fnet.load_state_dict(ck["frame"])
     cnet.load_state_dict(ck["clip"])
-    return dict(frame=fnet.eval(), clip=cnet.eval(), size=ck["size"], frames=ck["frames"], gates=ck["gates"])
+    return dict(frame=fnet.eval(), clip=cnet.eval(), size=ck["size"], frames=ck["frames"],
+                scale=ck.get("scale", 1.0), gates=ck["gates"])
 
 
 # -----------------------------------------------------------------------------
@@ -416,7 +419,7 @@ def score_videos(ev, videos, prompts):
     # the world's slowest speed in at least round(4 F / 16) frame pairs
     step = centres.diff(dim=1).norm(dim=-1)                                      # (N, F-1)
     accel = centres.diff(dim=1).diff(dim=1).norm(dim=-1).mean(1)
-    dynamic = ((step > 0.5 * data.WorldConfig.speed[0]).sum(1) >= max(1, round(4 * T / 16))).float()
+    dynamic = ((step > 0.5 * data.WorldConfig.speed[0] * ev["scale"]).sum(1) >= max(1, round(4 * T / 16))).float()
     track_dir = (tracker_direction(centres) == direction).float()
     # colour / exposure fidelity: the object's core colour vs its caption colour, plus the background
     # level vs the caption's background (catches the over-exposure drift of long rollouts)
@@ -585,7 +588,8 @@ def compare(path_a, path_b, n_boot=1000):
     if ra["prompts"] != rb["prompts"] or ra["noise_seeds"] != rb["noise_seeds"]:
         raise ValueError(f"{path_a} and {path_b} were not scored on the same prompts and seeds "
                          "(use the same --n and --seed)")
-    if ra.get("world") != rb.get("world"):
+    world = lambda r: data.WorldConfig(**r["world"]) if "world" in r else None   # older JSONs lack newer fields
+    if world(ra) != world(rb):
         raise ValueError(f"{path_a} and {path_b} were scored against different worlds (their teachers')")
     va, vb = ra["scores"]["per_video"], rb["scores"]["per_video"]
     rows = [(k, np.mean(va[k]), np.mean(vb[k])) + paired_bootstrap(va[k], vb[k], n_boot) for k in va if k in vb]
@@ -680,10 +684,14 @@ def cli_compare(cfg):
         sys.exit(f"error: {e}")
     print(f"b - a, paired bootstrap over {len(ra['prompts'])} videos ({cfg.boot} resamples); "
           f"a = {ra['name']}, b = {rb['name']}")
-    print(f"{'score (normalised)':24s} {'a':>8s} {'b':>8s} {'b - a':>8s} {'95% CI':>20s} {'p':>6s}")
+    # each dimension's part of the Total's difference: Total = (4 Quality + Semantic) / 5
+    weight = {**{d: 0.8 * w / sum(QUALITY.values()) for d, w in QUALITY.items()}, **{d: 0.2 / len(SEMANTIC)
+                                                                                   for d in SEMANTIC}}
+    print(f"{'score (normalised)':24s} {'a':>8s} {'b':>8s} {'b - a':>8s} {'95% CI':>20s} {'p':>6s} {'to Total':>8s}")
     for k, ma, mb, d, lo, hi, p in rows:
         if not k.startswith("raw_"):
-            print(f"{k:24s} {ma:8.4f} {mb:8.4f} {d:+8.4f} [{lo:+8.4f}, {hi:+8.4f}] {p:6.3f}")
+            part = f" {weight[k] * d:+8.4f}" if k in weight else ""
+            print(f"{k:24s} {ma:8.4f} {mb:8.4f} {d:+8.4f} [{lo:+8.4f}, {hi:+8.4f}] {p:6.3f}{part}")
     fa, fb = ra["scores"]["fvd_synth"], rb["scores"]["fvd_synth"]
     print(f"FVD-synth: a {fa['fd']:.1f} +- {fa['boot_sd']:.1f} | b {fb['fd']:.1f} +- {fb['boot_sd']:.1f} | "
           f"real-vs-real floor {fa['floor']:.1f} at N={fa['n']}")
@@ -760,7 +768,7 @@ def switch_study(ev, ck, prompts, frame, frames, args):
         ahead = [np.mean(along[t:t + 4]) for t in range(frames)]
         follow = lambda c, level, t0: next((t - frame for t in range(t0, frames) if c[t] >= level), None)
         out[mode] = dict(curves=curves, colour_frames=follow(curves["colour_b"], 0.5, frame),
-                         direction_frames=follow(ahead, 0.5 * data.WorldConfig.speed[0], frame + 1),
+                         direction_frames=follow(ahead, 0.5 * data.WorldConfig.speed[0] * ev["scale"], frame + 1),
                          jump_at_switch=curves["jump"][frame], flicker_at_switch=curves["flicker"][frame],
                          flicker_median=float(np.median(curves["flicker"][1:])),
                          area_kept=float(np.mean(area[-4:]) / np.mean(area[frame - 4:frame])))
@@ -842,13 +850,13 @@ def cli_plot(cfg):
 
 def cli_train(cfg, argv):
     t0 = time.perf_counter()
-    ev = train_evaluator(cfg.size, cfg.frames, cfg.train_steps, seed=cfg.seed, progress=True)
+    ev = train_evaluator(cfg.size, cfg.frames, cfg.train_steps, seed=cfg.seed, progress=True, scale=cfg.world_scale)
     seconds = time.perf_counter() - t0
     gates = gate_accuracies(ev, seed=cfg.seed)
     print(" | ".join(f"{k} {v:.3f}" for k, v in gates.items()) + f" | trained in {seconds:.0f} s")
     # saved either way, with its gates: load_evaluator refuses one that failed them
     M.save_checkpoint(dict(kind="evaluator", frame=ev["frame"].state_dict(), clip=ev["clip"].state_dict(),
-                           size=cfg.size, frames=cfg.frames, gates=gates, train_seconds=seconds,
+                           size=cfg.size, frames=cfg.frames, scale=cfg.world_scale, gates=gates, train_seconds=seconds,
                            command="python eval.py " + " ".join(argv)), cfg.evaluator)
     print(f"wrote {cfg.evaluator} ({os.path.getsize(cfg.evaluator) / 1e6:.1f} MB)")
     failed = [f"{k} {gates[k]:.3f} < {g}" for k, g in GATES.items() if gates[k] < g]
@@ -927,10 +935,12 @@ def main(argv):
         sys.exit(f"error: {e}")
     ck = M.load_checkpoint(cfg.ckpt, ("student", "teacher"))
     mc = M.ModelConfig(**ck["model_cfg"])
-    if (mc.size, mc.frames) != (ev["size"], ev["frames"]):
-        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames, the model "
-                 f"makes {mc.size} x {mc.frames}; train one: python eval.py --train=true --size={mc.size} "
-                 f"--frames={mc.frames} --evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
+    scale = data.world_of(ck).scale
+    if (mc.size, mc.frames, scale) != (ev["size"], ev["frames"], ev["scale"]):
+        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames at world scale "
+                 f"{ev['scale']:g}, the model makes {mc.size} x {mc.frames} at {scale:g}; train one: python eval.py "
+                 f"--train=true --size={mc.size} --frames={mc.frames} --world_scale={scale:g} "
+                 f"--evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
     _, _, device = M.setup(cfg.device, cfg.seed)
     prompts, heldout = prompt_grid(cfg.n, "train", cfg.seed), prompt_grid(cfg.n_heldout, "heldout", cfg.seed)
     args, world = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device), data.world_of(ck)

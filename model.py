@@ -50,6 +50,7 @@ MODELS = {
     "test": dict(size=16, frames=4, patch=4, dim=32, depth=2, heads=2, frames_per_block=1),   # unit tests
     "tiny": dict(size=32, frames=8, patch=4, dim=128, depth=4, heads=4),
     "wide": dict(size=32, frames=8, patch=4, dim=256, depth=6, heads=4),      # the tiny world, one GPU
+    "tiny64": dict(size=64, frames=8, patch=8, dim=256, depth=4, heads=4),    # tiny's tokens, 4x the pixels
     "small": dict(size=64, frames=16, patch=4, dim=384, depth=12, heads=6),
     "base": dict(size=128, frames=32, patch=4, dim=768, depth=16, heads=12),
 }

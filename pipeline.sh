@@ -4,6 +4,7 @@
 #                             # a 2-core AVX2 CPU, results/pipeline_avx2_stages.md; 53 min on a faster CPU)
 #   bash pipeline.sh gpu      # one-GPU tier: a wider teacher, more steps (bf16; sized for ~8 min, not run yet)
 #   bash pipeline.sh test     # every stage in a few steps, to check an install (the test suite runs it)
+#   bash pipeline.sh tiny64   # the world drawn at 64 px (patch 8, width 256: ~2.5x the CPU tier; not run yet)
 # Output: out/pipeline_<tier>/ with the checkpoints, logs, scorecards (eval/*.json) and results.md.
 set -euo pipefail
 cd "$(dirname "$0")"

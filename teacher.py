@@ -34,6 +34,7 @@ class TrainConfig:
     model: str = "tiny"             # size preset from model.MODELS
     out: str = "out"                # output folder
     data: str = ""                  # folder of real clips; empty = the procedural world
+    world_scale: float = 1.0        # the world's object radius and speed multiplier (2 with --model=tiny64)
     steps: int = 5000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -57,6 +58,7 @@ class TrainConfig:
 PRESETS = {
     "cpu": dict(),                                                           # the shipped recipe
     "test": dict(steps=2, compile=False),                                    # seconds: checks an install
+    "tiny64": dict(model="tiny64", world_scale=2.0),                         # the tiny world at 64 px (not run yet)
     "gpu": dict(model="wide", out="out_gpu", steps=4000, batch=64),         # one GPU, minutes (not run yet)
     "gpu8": dict(model="base", out="out_gpu8", steps=40000, batch=256, lr=2e-4),  # on paper, not run
 }
@@ -117,7 +119,8 @@ def main(argv):
     if cfg.batch % (micro * world):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
-    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"])
+    world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
+                                 scale=cfg.world_scale)
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
     ck_path, ema_path = os.path.join(cfg.out, "teacher.pt"), os.path.join(cfg.out, "teacher_ema.pt")
 
