@@ -73,7 +73,7 @@ PRESETS = {
     "cpu": dict(),                                                           # the README's scorecards
     "test": dict(n=4, n_heldout=4, sim_n=2, boot=100, boot_fd=2),            # seconds: checks an install
     "gpu": dict(),                                                           # the same scorecards, sampled on GPU
-    "tiny64": dict(size=64, world_scale=2.0, train_steps=1600),              # --train: the tiny64 world (800: gates missed)
+    "tiny64": dict(size=64, world_scale=2.0, train_steps=1600),              # --train: tiny64's world
 }
 
 # VBench's layout (docs/algorithms.md §8.2-8.3): quality weights (dynamic degree counts half),
@@ -85,6 +85,9 @@ ANCHOR = {"subject_consistency": "mix", "background_consistency": "mix", "backgr
           "cleanliness": "noise"}
 CHANCE = {"shape": 1 / 3, "colour": 1 / 6, "direction": 1 / 4, "joint": 1 / 72}
 SEMANTIC = list(CHANCE)
+# each dimension's weight in the Total = (4 Quality + Semantic) / 5 (what `--compare` splits a difference by)
+TOTAL_WEIGHT = {**{d: 0.8 * w / sum(QUALITY.values()) for d, w in QUALITY.items()},
+                **{d: 0.2 / len(SEMANTIC) for d in SEMANTIC}}
 # accuracy gates on fresh real clips before an evaluator may score (the clip net's shape head is only
 # reported: the shape dimension is scored by the frame net)
 GATES = {"frame_shape": 0.95, "frame_colour": 0.98, "clip_colour": 0.98, "clip_direction": 0.98}
@@ -684,13 +687,10 @@ def cli_compare(cfg):
         sys.exit(f"error: {e}")
     print(f"b - a, paired bootstrap over {len(ra['prompts'])} videos ({cfg.boot} resamples); "
           f"a = {ra['name']}, b = {rb['name']}")
-    # each dimension's part of the Total's difference: Total = (4 Quality + Semantic) / 5
-    weight = {**{d: 0.8 * w / sum(QUALITY.values()) for d, w in QUALITY.items()}, **{d: 0.2 / len(SEMANTIC)
-                                                                                   for d in SEMANTIC}}
     print(f"{'score (normalised)':24s} {'a':>8s} {'b':>8s} {'b - a':>8s} {'95% CI':>20s} {'p':>6s} {'to Total':>8s}")
     for k, ma, mb, d, lo, hi, p in rows:
         if not k.startswith("raw_"):
-            part = f" {weight[k] * d:+8.4f}" if k in weight else ""
+            part = f" {TOTAL_WEIGHT[k] * d:+8.4f}" if k in TOTAL_WEIGHT else ""   # its part of the Total's
             print(f"{k:24s} {ma:8.4f} {mb:8.4f} {d:+8.4f} [{lo:+8.4f}, {hi:+8.4f}] {p:6.3f}{part}")
     fa, fb = ra["scores"]["fvd_synth"], rb["scores"]["fvd_synth"]
     print(f"FVD-synth: a {fa['fd']:.1f} +- {fa['boot_sd']:.1f} | b {fb['fd']:.1f} +- {fb['boot_sd']:.1f} | "
@@ -935,15 +935,15 @@ def main(argv):
         sys.exit(f"error: {e}")
     ck = M.load_checkpoint(cfg.ckpt, ("student", "teacher"))
     mc = M.ModelConfig(**ck["model_cfg"])
-    scale = data.world_of(ck).scale
-    if (mc.size, mc.frames, scale) != (ev["size"], ev["frames"], ev["scale"]):
-        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames at world scale "
-                 f"{ev['scale']:g}, the model makes {mc.size} x {mc.frames} at {scale:g}; train one: python eval.py "
-                 f"--train=true --size={mc.size} --frames={mc.frames} --world_scale={scale:g} "
+    world = data.world_of(ck)
+    if (mc.size, mc.frames, world.scale) != (ev["size"], ev["frames"], ev["scale"]):
+        sys.exit(f"error: the evaluator {cfg.evaluator} knows {ev['size']} px x {ev['frames']} frames at world "
+                 f"scale {ev['scale']:g}, the model makes {mc.size} x {mc.frames} at {world.scale:g}; train one: "
+                 f"python eval.py --train=true --size={mc.size} --frames={mc.frames} --world_scale={world.scale:g} "
                  f"--evaluator=ckpt/evaluator_{mc.size}x{mc.frames}.pt")
     _, _, device = M.setup(cfg.device, cfg.seed)
     prompts, heldout = prompt_grid(cfg.n, "train", cfg.seed), prompt_grid(cfg.n_heldout, "heldout", cfg.seed)
-    args, world = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device), data.world_of(ck)
+    args = (cfg.steps, cfg.ffe, cfg.first_steps, cfg.cfg, cfg.batch, device)
     stem = os.path.splitext(os.path.basename(cfg.ckpt))[0]
     if cfg.switch:
         return cli_switch(cfg, ev, ck, prompts, args, stem)

@@ -135,6 +135,7 @@ def test_world_scale_draws_the_same_scenes_at_twice_the_pixels():
     assert (down - x32).abs().mean() < 0.01 < (down - x32.roll(1, 0)).abs().mean() / 10
     assert (E.track(x64)[1] - 2 * E.track(x32)[1]).abs().mean() < 0.5     # pixels at 64 px
 
+
 def test_world_motion_follows_caption():
     """The object's centre moves in the captioned direction (before any bounce)."""
     for i in range(40):
