@@ -35,6 +35,7 @@ class TrainConfig:
     out: str = "out"                # output folder
     data: str = ""                  # folder of real clips; empty = the procedural world
     world_scale: float = 1.0        # the world's object radius and speed multiplier (2 with --model=tiny64)
+    p_two: float = 0.2              # share of the world's clips with a second object
     steps: int = 5000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -120,7 +121,7 @@ def main(argv):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
     world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
-                                 scale=cfg.world_scale)
+                                 scale=cfg.world_scale, p_two=cfg.p_two)
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
     ck_path, ema_path = os.path.join(cfg.out, "teacher.pt"), os.path.join(cfg.out, "teacher_ema.pt")
 

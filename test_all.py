@@ -136,6 +136,15 @@ def test_world_scale_draws_the_same_scenes_at_twice_the_pixels():
     assert (E.track(x64)[1] - 2 * E.track(x32)[1]).abs().mean() < 0.5     # pixels at 64 px
 
 
+def test_p_two_sets_the_teachers_share_of_two_object_clips(tmp_path):
+    """teacher.py --p_two reaches the world it trains on and that its checkpoint records."""
+    run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--p_two=0.5", f"--out={tmp_path}"])
+    ck = M.load_checkpoint(f"{tmp_path}/teacher_ema.pt", "teacher")
+    assert data.world_of(ck).p_two == 0.5
+    caps = data.make_batch([[0, 0, i] for i in range(200)], data.world_of(ck))[1]
+    assert 0.4 < np.mean([" and " in c for c in caps]) < 0.6
+
+
 def test_world_motion_follows_caption():
     """The object's centre moves in the captioned direction (before any bounce)."""
     for i in range(40):
@@ -929,7 +938,11 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
     assert len(rows) == 4 and f"{np.mean(r['scores']['per_video']['total']):.3f} ±" in rows[0], p.stdout
     m = np.array(r["similarity"]["blocks"][3])                       # block 3's mean off-diagonal similarity
     assert f"{(m.sum() - np.trace(m)) / 12:.3f}; " in rows[2], (rows[2], m)
-    other = json.load(open(tmp_path / "student_2.json"))           # scored against another world: refused
+    other = json.load(open(tmp_path / "student_2.json"))     # another share of two-object clips: compares
+    other["world"]["p_two"] = 0.5                             # (every scorecard draws single-object clips)
+    json.dump(other, open(tmp_path / "other.json", "w"))
+    run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'other.json'}"])
+    other["world"]["p_two"] = 0.2                             # scored against another world: refused
     other["world"]["centred"] = not other["world"]["centred"]
     json.dump(other, open(tmp_path / "other.json", "w"))
     p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'other.json'}"], check=False)
@@ -994,7 +1007,7 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
 
 SCRIPTS = ["data.py", "teacher.py", "distill.py", "sample.py", "eval.py", "bench.py"]
 PER_RUN = {"out", "teacher", "init", "data", "resume", "stop_at", "device", "method"}   # not the recipe
-NEWER = {"world_scale": 1.0}    # options added after the shipped checkpoints: the value the older code had
+NEWER = {"world_scale": 1.0, "p_two": 0.2}   # options newer than the shipped checkpoints: their old values
 
 
 @pytest.mark.parametrize("ckpt,config", [("teacher_tiny.pt", teacher.TrainConfig), ("ode_tiny.pt", distill.DistillConfig),
