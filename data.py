@@ -42,6 +42,7 @@ class WorldConfig:
     wall_free: int = 8              # no wall along the motion in the first N frames (0 = start anywhere)
     centred: bool = True            # wall_free room on both sides, so the start does not reveal the direction
     scale: float = 1.0              # radius and speed multiplier: 2 draws the 32 px world's scenes at 64 px
+    two_apart: bool = False         # two-object clips: the second start redrawn until the two never touch
 
 
 # -----------------------------------------------------------------------------
@@ -84,7 +85,18 @@ def draw(seed, cfg=WorldConfig(), split="train"):
             lo, hi = r + np.where(vel < 0, travel, 0), S - r - np.where(vel > 0, travel, 0)
         lo, hi = np.where(lo < hi, lo, r), np.where(lo < hi, hi, S - r)   # no room: anywhere
         objects.append(dict(colour=colour, shape=shape, direction=direction, radius=r, pos=lo + (hi - lo) * u,
-                            vel=vel))
+                            vel=vel, lo=lo, hi=hi))
+    if cfg.two_apart and n_obj == 2:
+        # a pixel between the discs of their radii in every frame of their straight paths: both starts are
+        # redrawn from a stream of their own, so the caption and background stay the seed's
+        a, b = objects
+        rng_ab, t = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]), np.arange(T)[:, None]
+        for _ in range(200):
+            gap = np.linalg.norm(a["pos"] - b["pos"] + t * (a["vel"] - b["vel"]), axis=1) - a["radius"] - b["radius"]
+            if gap.min() >= 1:
+                break
+            for o in objects:
+                o["pos"] = o["lo"] + (o["hi"] - o["lo"]) * rng_ab.uniform(size=2)
     background = str(rng.choice(list(BACKGROUNDS)))
     ramp = rng.uniform(0, 2 * np.pi) if rng.random() < cfg.p_gradient else None   # a soft +-0.08 ramp
     centres = np.empty((T, n_obj, 2), np.float32)

@@ -591,8 +591,9 @@ def compare(path_a, path_b, n_boot=1000):
     if ra["prompts"] != rb["prompts"] or ra["noise_seeds"] != rb["noise_seeds"]:
         raise ValueError(f"{path_a} and {path_b} were not scored on the same prompts and seeds "
                          "(use the same --n and --seed)")
-    # older JSONs lack newer fields; every scorecard draws single-object clips, so p_two does not count
-    world = lambda r: replace(data.WorldConfig(**r["world"]), p_two=0) if "world" in r else None
+    # older JSONs lack newer fields; every scorecard draws single-object clips, so neither p_two nor
+    # two_apart counts
+    world = lambda r: replace(data.WorldConfig(**r["world"]), p_two=0, two_apart=False) if "world" in r else None
     if world(ra) != world(rb):
         raise ValueError(f"{path_a} and {path_b} were scored against different worlds (their teachers')")
     va, vb = ra["scores"]["per_video"], rb["scores"]["per_video"]

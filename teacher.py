@@ -6,6 +6,7 @@ Train the teacher: a bidirectional video DiT with flow matching and caption drop
     python teacher.py --preset=gpu                          # one GPU (bf16 autocast) -> out_gpu/
     torchrun --standalone --nproc_per_node=8 teacher.py --preset=gpu8
     python teacher.py --data=path/to/clips                  # your own clip.mp4 + clip.txt pairs
+    python teacher.py --init=ckpt/teacher_28000.pt --lr=2e-4 --steps=5000 --seed=1 --out=out/ft   # fine-tune
 
 Noise levels (docs/algorithms.md §1.4-1.5): one per video, or for a share of the videos (--frame_noise) one
 per frame (Diffusion Forcing); half of the videos get their first frame clean (image-to-video), so
@@ -36,6 +37,7 @@ class TrainConfig:
     data: str = ""                  # folder of real clips; empty = the procedural world
     world_scale: float = 1.0        # the world's object radius and speed multiplier (2 with --model=tiny64)
     p_two: float = 0.2              # share of the world's clips with a second object
+    two_apart: bool = False         # the world's two objects start where they never touch (data.WorldConfig)
     steps: int = 5000               # optimizer steps
     batch: int = 8                  # global batch (videos per step, all ranks together)
     micro_batch: int = 0            # videos per forward per rank; 0 = batch / ranks (no accumulation)
@@ -52,6 +54,7 @@ class TrainConfig:
     save_every: int = 200           # checkpoint every N steps (atomic)
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
     resume: bool = False            # continue from {out}/teacher.pt
+    init: str = ""                  # fine-tune from this teacher checkpoint's weights (a new optimizer and schedule)
     device: str = "auto"            # auto | cpu | cuda | mps
     compile: bool = True            # torch.compile the model, before DDP (faster steps after a compile)
 
@@ -121,18 +124,20 @@ def main(argv):
         sys.exit(f"error: --batch={cfg.batch} is not a multiple of micro_batch {micro} x {world} ranks")
     accum = cfg.batch // (micro * world)
     world_cfg = data.WorldConfig(size=M.MODELS[cfg.model]["size"], frames=M.MODELS[cfg.model]["frames"],
-                                 scale=cfg.world_scale, p_two=cfg.p_two)
+                                 scale=cfg.world_scale, p_two=cfg.p_two, two_apart=cfg.two_apart)
     folder = data.FolderClips(cfg.data, world_cfg) if cfg.data else None
     ck_path, ema_path = os.path.join(cfg.out, "teacher.pt"), os.path.join(cfg.out, "teacher_ema.pt")
 
     # ---- build: tokenizer, model, EMA, optimizer (or restore all of it) ----
     ck = M.load_checkpoint(ck_path, "teacher-train") if cfg.resume else None
-    tok_bytes = bytes(ck["tokenizer"].tolist()) if ck else data.train_tokenizer(
+    init = M.load_checkpoint(cfg.init, ("teacher", "teacher-train")) if cfg.init and not ck else None
+    tok_bytes = bytes((ck or init)["tokenizer"].tolist()) if ck or init else data.train_tokenizer(
         data.all_captions() + (folder.captions if folder else []))
     tok = data.Tokenizer(tok_bytes)
     mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len)
-    if ck:
-        M.check_same_config(ck["model_cfg"], mcfg, ck_path)
+    for c, path in ((ck, ck_path), (init, cfg.init)):
+        if c:
+            M.check_same_config(c["model_cfg"], mcfg, path)
     torch.manual_seed(cfg.seed)
     net = M.DiT(mcfg).to(device)
     ema = M.DiT(mcfg).to(device).requires_grad_(False)
@@ -147,6 +152,8 @@ def main(argv):
         start = ck["step"]
         torch.set_rng_state(ck["rng"])
     else:
+        if init:   # both the trained and the EMA weights start from the checkpoint's EMA
+            net.load_state_dict(init["ema"])
         ema.load_state_dict(net.state_dict())
     fwd = torch.compile(net) if cfg.compile else net
     fwd = DDP(fwd) if world > 1 else fwd

@@ -145,6 +145,37 @@ def test_p_two_sets_the_teachers_share_of_two_object_clips(tmp_path):
     assert 0.4 < np.mean([" and " in c for c in caps]) < 0.6
 
 
+def test_two_apart_keeps_the_captions_and_moves_the_pair_apart():
+    """two_apart redraws only where a two-object clip's objects start: the same captions, backgrounds and
+    one-object clips as the default world, and the two discs a pixel apart in every frame of nearly every
+    clip, where the default world's touch in most."""
+    plain, apart = data.WorldConfig(p_two=0.5), data.WorldConfig(p_two=0.5, two_apart=True)
+    a, b = ([data.draw([82, i], w) for i in range(300)] for w in (plain, apart))
+    assert [s["caption"] for s in a] == [s["caption"] for s in b] and [s["ramp"] for s in a] == [s["ramp"] for s in b]
+    assert all(np.array_equal(x["centres"], y["centres"]) for x, y in zip(a, b) if len(x["objects"]) == 1)
+
+    def apart_share(scenes):
+        two = [s for s in scenes if len(s["objects"]) == 2]
+        gap = [np.linalg.norm(s["centres"][:, 0] - s["centres"][:, 1], axis=-1) - sum(o["radius"] for o in s["objects"])
+               for s in two]
+        return len(two), np.mean([g.min() >= 1 - 1e-6 for g in gap])
+    (n, share_a), (_, share_b) = apart_share(a), apart_share(b)
+    assert n > 100 and share_a < 0.2 and share_b > 0.85
+
+
+def test_teacher_init_starts_from_a_checkpoints_weights(tmp_path):
+    """teacher.py --init fine-tunes from a checkpoint: at learning rate 0 its weights stay the
+    checkpoint's (a fresh model's differ), and --two_apart reaches the world it records."""
+    run(["teacher.py", "--model=test", "--steps=2", "--compile=false", f"--out={tmp_path}/a"])
+    run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--lr=0", f"--init={tmp_path}/a/teacher_ema.pt",
+         "--two_apart=true", "--seed=1", f"--out={tmp_path}/b"])
+    run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--lr=0", "--seed=1", f"--out={tmp_path}/c"])
+    a, b, c = (M.load_checkpoint(f"{tmp_path}/{d}/teacher_ema.pt", "teacher") for d in "abc")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert not all(torch.equal(a["ema"][k], c["ema"][k]) for k in a["ema"])
+    assert data.world_of(b).two_apart and not data.world_of(a).two_apart
+
+
 def test_world_motion_follows_caption():
     """The object's centre moves in the captioned direction (before any bounce)."""
     for i in range(40):
@@ -940,9 +971,10 @@ def test_cli_scores_writes_json_and_compares(tmp_path, evaluator):
     assert f"{(m.sum() - np.trace(m)) / 12:.3f}; " in rows[2], (rows[2], m)
     other = json.load(open(tmp_path / "student_2.json"))     # another share of two-object clips: compares
     other["world"]["p_two"] = 0.5                             # (every scorecard draws single-object clips)
+    other["world"]["two_apart"] = True
     json.dump(other, open(tmp_path / "other.json", "w"))
     run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'other.json'}"])
-    other["world"]["p_two"] = 0.2                             # scored against another world: refused
+    other["world"]["p_two"], other["world"]["two_apart"] = 0.2, False   # scored against another world: refused
     other["world"]["centred"] = not other["world"]["centred"]
     json.dump(other, open(tmp_path / "other.json", "w"))
     p = run_eval([f"--compare={tmp_path / 'student_1star.json'},{tmp_path / 'other.json'}"], check=False)
