@@ -42,7 +42,7 @@ class WorldConfig:
     wall_free: int = 8              # no wall along the motion in the first N frames (0 = start anywhere)
     centred: bool = True            # wall_free room on both sides, so the start does not reveal the direction
     scale: float = 1.0              # radius and speed multiplier: 2 draws the 32 px world's scenes at 64 px
-    two_apart: bool = False         # two-object clips: the second start redrawn until the two never touch
+    two_apart: bool = False         # two-object clips: both starts redrawn until the two never touch
 
 
 # -----------------------------------------------------------------------------
