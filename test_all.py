@@ -1039,7 +1039,8 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
 
 SCRIPTS = ["data.py", "teacher.py", "distill.py", "sample.py", "eval.py", "bench.py"]
 PER_RUN = {"out", "teacher", "init", "data", "resume", "stop_at", "device", "method"}   # not the recipe
-NEWER = {"world_scale": 1.0, "p_two": 0.2, "two_apart": False}   # options newer than the shipped checkpoints: their old values
+# options newer than the shipped checkpoints: their old values
+NEWER = {"world_scale": 1.0, "p_two": 0.2, "two_apart": False}
 
 
 @pytest.mark.parametrize("ckpt,config", [("teacher_tiny.pt", teacher.TrainConfig), ("ode_tiny.pt", distill.DistillConfig),
