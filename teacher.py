@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -55,6 +55,7 @@ class TrainConfig:
     stop_at: int = 0                # stop after this step as if interrupted (0 = run to the end)
     resume: bool = False            # continue from {out}/teacher.pt
     init: str = ""                  # fine-tune from this teacher checkpoint's weights (a new optimizer and schedule)
+    text_depth: int = 0             # caption encoder layers, 0 = the preset's; --init's added ones start as identity
     device: str = "auto"            # auto | cpu | cuda | mps
     compile: bool = True            # torch.compile the model, before DDP (faster steps after a compile)
 
@@ -134,10 +135,13 @@ def main(argv):
     tok_bytes = bytes((ck or init)["tokenizer"].tolist()) if ck or init else data.train_tokenizer(
         data.all_captions() + (folder.captions if folder else []))
     tok = data.Tokenizer(tok_bytes)
-    mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len)
-    for c, path in ((ck, ck_path), (init, cfg.init)):
-        if c:
-            M.check_same_config(c["model_cfg"], mcfg, path)
+    mcfg = M.model_config(cfg.model, vocab=tok.vocab_size, text_len=tok.max_len,
+                          **({"text_depth": cfg.text_depth} if cfg.text_depth else {}))
+    if ck:
+        M.check_same_config(ck["model_cfg"], mcfg, ck_path)
+    if init:   # --text_depth may add caption encoder layers to the checkpoint's, nothing else
+        d0 = init["model_cfg"]["text_depth"]
+        M.check_same_config(init["model_cfg"], replace(mcfg, text_depth=min(mcfg.text_depth, d0)), cfg.init)
     torch.manual_seed(cfg.seed)
     net = M.DiT(mcfg).to(device)
     ema = M.DiT(mcfg).to(device).requires_grad_(False)
@@ -152,8 +156,14 @@ def main(argv):
         start = ck["step"]
         torch.set_rng_state(ck["rng"])
     else:
-        if init:   # both the trained and the EMA weights start from the checkpoint's EMA
-            net.load_state_dict(init["ema"])
+        if init:   # both the trained and the EMA weights start from the checkpoint's EMA; caption encoder
+            # layers it lacks start as the identity (residual outputs zeroed, as adaLN-Zero does)
+            for layer in net.text[d0:]:
+                for out in (layer.self_attn.out_proj, layer.linear2):
+                    torch.nn.init.zeros_(out.weight), torch.nn.init.zeros_(out.bias)
+            missing, unexpected = net.load_state_dict(init["ema"], strict=False)
+            new = tuple(f"text.{i}." for i in range(d0, mcfg.text_depth))
+            assert not unexpected and all(k.startswith(new) for k in missing), (missing, unexpected)
         ema.load_state_dict(net.state_dict())
     fwd = torch.compile(net) if cfg.compile else net
     fwd = DDP(fwd) if world > 1 else fwd

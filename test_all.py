@@ -165,15 +165,30 @@ def test_two_apart_keeps_the_captions_and_moves_the_pair_apart():
 
 def test_teacher_init_starts_from_a_checkpoints_weights(tmp_path):
     """teacher.py --init fine-tunes from a checkpoint: at learning rate 0 its weights stay the
-    checkpoint's (a fresh model's differ), and --two_apart reaches the world it records."""
+    checkpoint's (a fresh model's differ), --two_apart reaches the world it records, and the caption
+    encoder layers --text_depth adds start as the identity: the deeper model's output is the checkpoint's."""
     run(["teacher.py", "--model=test", "--steps=2", "--compile=false", f"--out={tmp_path}/a"])
     run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--lr=0", f"--init={tmp_path}/a/teacher_ema.pt",
          "--two_apart=true", "--seed=1", f"--out={tmp_path}/b"])
     run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--lr=0", "--seed=1", f"--out={tmp_path}/c"])
-    a, b, c = (M.load_checkpoint(f"{tmp_path}/{d}/teacher_ema.pt", "teacher") for d in "abc")
+    run(["teacher.py", "--model=test", "--steps=1", "--compile=false", "--lr=0", f"--init={tmp_path}/a/teacher_ema.pt",
+         "--text_depth=2", f"--out={tmp_path}/d"])
+    a, b, c, d = (M.load_checkpoint(f"{tmp_path}/{d}/teacher_ema.pt", "teacher") for d in "abcd")
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     assert not all(torch.equal(a["ema"][k], c["ema"][k]) for k in a["ema"])
     assert data.world_of(b).two_apart and not data.world_of(a).two_apart
+    assert d["model_cfg"]["text_depth"] == 2 and any(k.startswith("text.1.") for k in d["ema"])
+    torch.manual_seed(0)
+    net_a, net_d = M.build_model(a), M.build_model(d)
+    for p in net_a.parameters():   # random weights everywhere, so the caption reaches the output
+        p.data.normal_(0, 0.1)
+    net_d.load_state_dict({**net_a.state_dict(), **{k: v for k, v in d["ema"].items() if k.startswith("text.1.")}})
+    x, sigma, ids = torch.randn(2, 4, 3, 16, 16), torch.rand(2, 4), ids_for(2, a["model_cfg"]["vocab"])
+    assert torch.allclose(net_a(x, sigma, ids), net_d(x, sigma, ids), atol=1e-5)
+    assert not torch.allclose(net_a(x, sigma, ids), net_a(x, sigma, ids_for(2, a["model_cfg"]["vocab"], seed=1)))
+    p = run(["teacher.py", "--model=test", "--steps=1", "--compile=false", f"--init={tmp_path}/d/teacher_ema.pt",
+             f"--out={tmp_path}/e"], check=False)
+    assert p.returncode != 0 and "text_depth=2 (now 1)" in p.stderr     # layers are added, never dropped
 
 
 def test_world_motion_follows_caption():
@@ -1040,7 +1055,7 @@ def test_flop_formula_matches_counted_flops(monkeypatch):
 SCRIPTS = ["data.py", "teacher.py", "distill.py", "sample.py", "eval.py", "bench.py"]
 PER_RUN = {"out", "teacher", "init", "data", "resume", "stop_at", "device", "method"}   # not the recipe
 # options newer than the shipped checkpoints: their old values
-NEWER = {"world_scale": 1.0, "p_two": 0.2, "two_apart": False}
+NEWER = {"world_scale": 1.0, "p_two": 0.2, "two_apart": False, "text_depth": 0}
 
 
 @pytest.mark.parametrize("ckpt,config", [("teacher_tiny.pt", teacher.TrainConfig), ("ode_tiny.pt", distill.DistillConfig),
