@@ -482,17 +482,7 @@ def _ddp_grads(rank, world, port, out):
         loss_t /= world
     if rank == 0:
         torch.save(dict(loss=loss_t, grads={n: p.grad for n, p in net.named_parameters()}), out)
-    M.teardown()
-    if world > 1:
-        _exit_child()
-
-
-def _exit_child():
-    """End a spawned rank without the interpreter's shutdown: there gloo's threads were, rarely, destroyed
-    while still joinable ('terminate called without an active exception', SIGABRT) after the rank's work
-    was done and saved. Only the spawned test workers do this; the scripts end with model.teardown()."""
-    sys.stdout.flush(), sys.stderr.flush()
-    os._exit(0)
+    M.teardown()   # with two ranks this ends the process (model.teardown)
 
 
 def test_ddp_two_ranks_equal_one_process_with_double_batch(tmp_path):
@@ -517,6 +507,20 @@ def test_torchrun_teacher_and_distill(tmp_path, tiny_run):
     assert torch.load(f"{d}/asd.pt", weights_only=True)["step"] == 2
 
 
+def test_teardown_ends_a_distributed_process(tmp_path):
+    """A multi-rank run ends in model.teardown, not at the interpreter's shutdown (where a gloo rank
+    was sometimes aborted after its work was done); a process without a process group goes on."""
+    code = ("import os, sys, torch, model as M; M.teardown(); open(sys.argv[1] + '.plain', 'w').close(); "
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[2], RANK='0', WORLD_SIZE='1'); "
+            "torch.distributed.init_process_group('gloo'); print('flushed'); M.teardown(); "
+            "open(sys.argv[1] + '.after', 'w').close()")
+    p = subprocess.run([PY, "-c", code, str(tmp_path / "t"), str(free_port())], cwd=HERE, capture_output=True,
+                       text=True, env={**ENV, "PYTHONUNBUFFERED": ""}, timeout=120)   # stdout a buffered pipe
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "flushed"              # stdout is flushed before the process ends
+    assert os.path.exists(tmp_path / "t.plain") and not os.path.exists(tmp_path / "t.after")
+
+
 def _exit_steps(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     M.setup("cpu", 0)
@@ -524,7 +528,6 @@ def _exit_steps(rank, world, port, out):
     shared = [M.broadcast_int(n, torch.device("cpu")) for n in mine]
     torch.save(dict(mine=mine, shared=shared), f"{out}.{rank}")
     M.teardown()
-    _exit_child()
 
 
 def test_exit_step_identical_across_ranks(tmp_path):
