@@ -162,6 +162,14 @@ def make_batch(seeds, cfg=WorldConfig(), split="train", device="cpu"):
         [s["centres"] for s in scenes]
 
 
+def caption_parts(caption):
+    """Each object of a caption naming several, alone: 'a X moving D and a Y moving E on a B background' ->
+    ['a X moving D on a B background', 'a Y moving E on a B background']; [] for a caption of one object."""
+    subject, on, place = caption.partition(" on a ")
+    objects = subject.split(" and ")
+    return [o + on + place for o in objects] if len(objects) > 1 else []
+
+
 def all_captions():
     """Every caption the world can produce (one and two objects), to train the tokenizer on."""
     singles = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]

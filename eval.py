@@ -669,11 +669,13 @@ def diagnose(path, n=48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95)):
         print(f"16 Euler steps, CFG 3, {name}: tracker direction accuracy {acc:.3f} (chance 0.25)")
     x2, caps2, facts2, _ = data.make_batch([[78, i] for i in range(n)], replace(wc, p_two=1.0))
     noise = torch.randn(x2.shape, generator=torch.Generator().manual_seed(3))
-    video = M.euler_sample(net, noise, net.encode_text(tok.encode(caps2)), ids_u, 16, 3.0)[0]
-    (real, real_dir), (got, got_dir) = two_objects(x2, facts2), two_objects(video, facts2)
-    print(f"two-object captions, 16 Euler steps, CFG 3, from noise: both colours drawn apart in {got.mean():.3f} "
-          f"of frames (real clips {real.mean():.3f}), both directions right in {got_dir.mean():.3f} of videos "
-          f"(real {real_dir.mean():.3f})")
+    real, real_dir = two_objects(x2, facts2)
+    for name, compose in (("CFG 3", None), ("composed (model.Compose)", sample.compose_of(net, tok, caps2))):
+        video = M.euler_sample(net, noise, net.encode_text(tok.encode(caps2)), ids_u, 16, 3.0, compose=compose)[0]
+        got, got_dir = two_objects(video, facts2)
+        print(f"two-object captions, 16 Euler steps, {name}, from noise: both colours drawn apart in "
+              f"{got.mean():.3f} of frames (real clips {real.mean():.3f}), both directions right in "
+              f"{got_dir.mean():.3f} of videos (real {real_dir.mean():.3f})")
 
 
 # -----------------------------------------------------------------------------

@@ -279,20 +279,41 @@ class DiT(nn.Module):
 # -----------------------------------------------------------------------------
 # sampling: many-step Euler with CFG (teacher), few-step causal rollout (student)
 
-def guided_x0(model, x, sigma, text_c, text_u, scale):
+@dataclass
+class Compose:
+    """Composable guidance (Liu et al. 2022) for captions that name several objects: while sigma >= until,
+    x0 = x0_u + scale (x0_c - x0_u) + part_scale sum_k (x0_k - x0_u), with x0_k under part k's caption (one
+    object alone); below `until`, and for the videos whose `has` is False, plain CFG. Plain CFG gives a
+    direction word to the wrong one of two objects about half the time; this binds it (docs/results.md §6.2)."""
+    parts: list                 # per part k, encode_text of the videos' k-th part captions ("" where none)
+    has: torch.Tensor           # (B,) bool: the videos whose caption has parts
+    scale: float = 1.0          # the whole caption's guidance while composing
+    part_scale: float = 1.5     # each part's guidance
+    until: float = 0.7          # compose at sigma >= until (the steps that lay out the clip)
+
+
+def guided_x0(model, x, sigma, text_c, text_u, scale, compose=None):
     """Classifier-free guidance on x0, x0_u + scale (x0_c - x0_u), in one batched forward
-    (docs/algorithms.md §5: scale 3 here is Self Forcing's guidance_scale 2)."""
-    both = tuple(torch.cat([a, b]) for a, b in zip(text_c, text_u))     # a tuple, as encode_text returns
-    x2, s2 = torch.cat([x, x]), torch.cat([sigma, sigma])
-    x0_c, x0_u = v_to_x0(x2, model(x2, s2, both), s2).chunk(2)
-    return x0_u + scale * (x0_c - x0_u)
+    (docs/algorithms.md §5: scale 3 here is Self Forcing's guidance_scale 2); with `compose` (a Compose),
+    composable guidance over the caption's parts in the same forward."""
+    texts = [text_c, text_u] + (compose.parts if compose is not None else [])
+    n = len(texts)
+    cat = tuple(torch.cat(t) for t in zip(*texts))                      # a tuple, as encode_text returns
+    xn, sn = torch.cat([x] * n), torch.cat([sigma] * n)
+    x0_c, x0_u, *x0_parts = v_to_x0(xn, model(xn, sn, cat), sn).chunk(n)
+    plain = x0_u + scale * (x0_c - x0_u)
+    if compose is None:
+        return plain
+    composed = x0_u + compose.scale * (x0_c - x0_u) + compose.part_scale * sum(p - x0_u for p in x0_parts)
+    return torch.where(compose.has.view(-1, 1, 1, 1, 1), composed, plain)
 
 
 @torch.no_grad()
-def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), context=None):
+def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), context=None, compose=None):
     """Many-step Euler sampler of the flow ODE with CFG on the uniform-then-shifted grid.
     Returns x0 and {sigma: x_sigma} for every grid sigma in keep_sigmas (ODE-init trajectories).
-    context (B, k, C, H, W): the first k frames are given clean (sigma 0); only the rest is sampled."""
+    context (B, k, C, H, W): the first k frames are given clean (sigma 0); only the rest is sampled.
+    compose: a Compose, for captions naming several objects."""
     sigmas = [shift_sigma(1 - i / n_steps, model.cfg.shift) for i in range(n_steps)] + [0.0]
     x, kept, k0 = noise.clone(), {}, 0 if context is None else context.shape[1]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
@@ -302,7 +323,8 @@ def euler_sample(model, noise, text_c, text_u, n_steps, scale, keep_sigmas=(), c
         sig = torch.full(x.shape[:2], s, device=x.device)
         if k0:
             x[:, :k0], sig[:, :k0] = context, 0.0                               # (B, k, C, H, W) clean frames
-        x0 = guided_x0(model, x, sig, text_c, text_u, scale)
+        active = compose if compose is not None and s >= compose.until else None     # the layout steps
+        x0 = guided_x0(model, x, sig, text_c, text_u, scale, active)
         # Euler: x_s' = x_s + (s' - s) v; the context frames (sigma 0) get a finite dummy v and are reset
         x = x + (s_next - s) * x0_to_v(x, x0, sig.clamp_min(1e-6))
     if k0:

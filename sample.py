@@ -11,6 +11,8 @@ an mp4 (h264).
     python sample.py --prompt "a red circle moving left on a dark background" --frames 32 \
                      --switch "16:a blue circle moving up on a dark background"       # prompt switch
     python sample.py --ckpt ckpt/teacher_tiny.pt --steps 32       # the teacher, CFG 3
+    python sample.py --ckpt ckpt/teacher_28000.pt --steps 16 \
+                     --prompt "a red circle moving left and a blue square moving up on a dark background"
     python sample.py --device cuda --compile true                 # one GPU (bf16 autocast)
 
 The model is rebuilt from the checkpoint alone (EMA weights, config, tokenizer). eval.py samples
@@ -40,6 +42,7 @@ class SampleConfig:
     first_steps: int = 4            # steps of the first block with FFE
     frames: int = 0                 # frames to generate (0 = the trained length); more streams
     cfg: float = 3.0                # teacher only: classifier-free guidance scale
+    compose: bool = True            # teacher only: guide "A and B on a ..." also by A and B alone (model.Compose)
     out: str = "out/samples"        # output folder
     fps: int = 8                    # frames per second of the mp4 / gif
     device: str = "auto"            # auto | cpu | cuda | mps
@@ -61,19 +64,32 @@ def label(causal, steps, first_steps):
     return (f"{steps}*" if first_steps else f"{steps}") if causal else f"teacher{steps}"
 
 
+def compose_of(net, tok, captions, device="cpu"):
+    """The composable guidance (model.Compose) of a batch of captions: each object of a caption that
+    names several is a part; None where no caption does."""
+    parts = [data.caption_parts(c) for c in captions]
+    if not any(parts):
+        return None
+    k_max = max(len(p) for p in parts)
+    texts = [net.encode_text(tok.encode([p[k] if k < len(p) else "" for p in parts]).to(device))
+             for k in range(k_max)]
+    return M.Compose(texts, torch.tensor([bool(p) for p in parts], device=device))
+
+
 @torch.no_grad()
 def generate(net, ids, ids_u, noise, steps, first_steps=0, n_max=4, cfg=3.0, generator=None, on_block=None,
-             first_frame=None, switch=None):
+             first_frame=None, switch=None, compose=None):
     """One batch of videos (B, F, C, H, W) from noise (B, F, C, H, W) and caption ids (B, Lt).
     Student: the KV-cached causal rollout, `steps` per block and `first_steps` for block 0 (FFE; 0 = off),
-    with a rolling window past the trained length. Teacher: Euler with CFG `cfg` (ids_u = empty captions).
-    first_frame (B, C, H, W): image-to-video; switch (frame, ids_b, recache): see model.rollout."""
+    with a rolling window past the trained length. Teacher: Euler with CFG `cfg` (ids_u = empty captions)
+    and compose (compose_of). first_frame (B, C, H, W): image-to-video; switch (frame, ids_b, recache):
+    see model.rollout."""
     mc = net.cfg
     with M.autocast(noise.device):
         if not mc.causal:
             context = None if first_frame is None else first_frame[:, None]
             text, empty = net.encode_text(ids), net.encode_text(ids_u)
-            return M.euler_sample(net, noise, text, empty, steps, cfg, context=context)[0].float()
+            return M.euler_sample(net, noise, text, empty, steps, cfg, context=context, compose=compose)[0].float()
         sched = M.block_schedules(noise.shape[1] // mc.frames_per_block, steps, first_steps,
                                   M.few_step_sigmas(n_max, mc.shift))
         # past the trained length, keep a rolling window so that context + block = the trained span
@@ -164,12 +180,13 @@ def main(argv):
             sys.exit(f"error: --first_frame: {e}")
     if cfg.switch:
         switch = (*parse_switch(cfg.switch, frames, mc, tok, cfg.n, device), cfg.recache)
+    compose = compose_of(net, tok, captions, device) if cfg.compose and not mc.causal else None
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.n, frames, mc.channels, mc.size, mc.size), generator=g).to(device)
     first, t0 = {}, time.perf_counter()
     videos = generate(net, ids, ids_u, noise, cfg.steps, first_steps, n_max, cfg.cfg, g,
                       on_block=lambda b, x: first.setdefault("t", time.perf_counter()), first_frame=image,
-                      switch=switch)
+                      switch=switch, compose=compose)
     total = time.perf_counter() - t0
     first.setdefault("t", time.perf_counter())   # a bidirectional model shows nothing before the end
     name = label(mc.causal, cfg.steps, first_steps)

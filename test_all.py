@@ -843,6 +843,33 @@ def test_two_object_check_sees_both_objects_and_their_directions():
     assert E.two_objects(x, flipped)[1].mean() < 0.1
 
 
+@torch.no_grad()
+def test_composed_guidance_is_cfg_over_each_part(tiny_run):
+    two, one = "a red circle moving left and a blue square moving up on a dark background", \
+        "a red circle moving left on a dark background"
+    assert data.caption_parts(two) == [one, "a blue square moving up on a dark background"]
+    assert data.caption_parts(one) == []
+    net = random_dit(causal=False).eval()
+    x, sig = torch.randn(3, 4, 3, 16, 16), torch.rand(3, 4)
+    text_c, text_u, other = (net.encode_text(ids_for(3, seed=k)) for k in range(3))
+    # parts equal to the whole caption: x0_u + (1 + 2 * 1.5)(x0_c - x0_u), i.e. CFG 4; video 1 has no parts
+    composed = M.guided_x0(net, x, sig, text_c, text_u, 3.0, M.Compose([text_c, text_c], torch.tensor([1, 0, 1]) > 0))
+    assert torch.allclose(composed[[0, 2]], M.guided_x0(net, x, sig, text_c, text_u, 4.0)[[0, 2]], atol=1e-5)
+    assert torch.allclose(composed[1], M.guided_x0(net, x, sig, text_c, text_u, 3.0)[1], atol=1e-5)
+    moved = M.guided_x0(net, x, sig, text_c, text_u, 3.0, M.Compose([text_c, other], torch.ones(3) > 0))
+    assert (moved - composed).abs().max() > 1e-3
+    # the sampler: a video without parts comes out as without composing, one with parts does not
+    plain, got = (M.euler_sample(net, x, text_c, text_u, 4, 3.0, compose=M.Compose([other, text_u], k))[0]
+                  for k in (torch.zeros(3) > 0, torch.tensor([1, 0, 0]) > 0))
+    assert torch.allclose(got[1:], plain[1:], atol=1e-5) and (got[0] - plain[0]).abs().max() > 1e-3
+    assert torch.allclose(plain, M.euler_sample(net, x, text_c, text_u, 4, 3.0)[0], atol=1e-5)
+    tch, tok = _teacher_and_tokenizer(tiny_run)
+    assert sample.compose_of(tch, tok, [one, one]) is None
+    compose = sample.compose_of(tch, tok, [two, one])
+    assert compose.has.tolist() == [True, False] and len(compose.parts) == 2
+    assert torch.equal(compose.parts[1][0][1], tch.encode_text(tok.encode([""]))[0][0])   # no part: the empty caption
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(0)
     a = rng.normal(size=500)

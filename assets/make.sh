@@ -36,7 +36,14 @@ python sample.py --ckpt ckpt/teacher_20000.pt --steps 16 --n 6 --seed 1 --out $O
 T="a red circle moving left and a blue square moving up on a dark background"
 T="$T|a yellow triangle moving right and a cyan circle moving down on a grey background"
 T="$T|a green square moving down and a purple triangle moving left on a dark background"
-python sample.py --ckpt ckpt/teacher_20000.pt --steps 16 --n 3 --seed 1 --prompt "$T" --out $O/t20k_two
+python sample.py --ckpt ckpt/teacher_20000.pt --steps 16 --n 3 --seed 1 --prompt "$T" --out $O/t20k_two --compose false
 cp $O/t20k/sample_teacher16.png assets/teacher_20000.png
 cp $O/t20k_two/sample_teacher16.png assets/teacher_20000_two_objects.png
+# the 28000-step teacher on two-object captions (the first six of clips [79, i]): plain CFG 3 | composed guidance
+T=$(python -c "import data; print('|'.join(data.make_clip([79, i], data.WorldConfig(p_two=1.0))[1] for i in range(6)))")
+python sample.py --ckpt ckpt/teacher_28000.pt --steps 16 --n 6 --seed 1 --prompt "$T" --out $O/t28k_cfg --compose false
+python sample.py --ckpt ckpt/teacher_28000.pt --steps 16 --n 6 --seed 1 --prompt "$T" --out $O/t28k_compose
+python -c "import imageio.v3 as iio, numpy as np
+a, b = (iio.imread(f'$O/{d}/sample_teacher16.png') for d in ('t28k_cfg', 't28k_compose'))
+iio.imwrite('assets/teacher_28000_composed.png', np.concatenate([a, np.full((a.shape[0], 32, 3), 255, np.uint8), b], 1))"
 echo "wrote assets/*.gif assets/*.png"
