@@ -51,7 +51,7 @@ class DistillConfig:
     alpha: str = "0.3,0.1,0.1"      # ASD weight per exit step n = 1..N-1 (gradient-norm ratio; one value: all n)
     d_loss: str = "hinge"           # discriminator loss: hinge | rpgan (relativistic)
     d_pair: bool = True             # D's n- and (n+1)-step samples share their noise (paired) or not
-    d_sigma_max: float = 0.1        # D's inputs are noised at sigma = shift(U(0.02, d_sigma_max))
+    d_sigma_max: float = 0.1        # D's inputs are noised at sigma = shift(U(0.02, d_sigma_max)); 0 = clean
     seed: int = 0                   # prompts, noise, exit steps
     save_every: int = 50            # checkpoint every N iterations (atomic)
     stop_at: int = 0                # stop after this iteration as if interrupted (0 = never)
@@ -148,7 +148,9 @@ class DHead(nn.Module):
 def d_sigma(s, g):
     """The noise level shared by the pair fed to D (the paper's noising process Psi), one per video:
     shift(U(0.02, d_sigma_max)). INFERRED (docs/algorithms.md §6.7): DMD's range drowns the difference
-    between n and n+1 steps."""
+    between n and n+1 steps. d_sigma_max = 0: sigma 0, D sees its inputs clean (results/asd_probes.md)."""
+    if s.cfg.d_sigma_max <= 0:
+        return torch.zeros(s.micro, s.mc.frames, device=s.device)
     u = 0.02 + (s.cfg.d_sigma_max - 0.02) * torch.rand(s.micro, generator=g)
     return M.shift_sigma(u, s.mc.shift)[:, None].expand(-1, s.mc.frames).to(s.device)
 

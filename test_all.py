@@ -612,6 +612,9 @@ def test_discriminator_step_changes_only_the_head(tiny_run):
         assert not same(h, snapshot(s.head)) and np.isfinite(stats["loss_d"])
     assert same(g0, snapshot(s.G)) and same(f0, snapshot(s.fake)) and not same(h0, snapshot(s.head))
     assert distill.d_logits(s.fake, s.head, x_n, distill.d_sigma(s, g), torch.randn_like(x_n), ids, 2).shape == (2,)
+    s.cfg.d_sigma_max = 0.0                                       # D sees its inputs clean
+    assert not distill.d_sigma(s, g).any() and distill.d_sigma(s, g).shape == (2, s.mc.frames)
+    assert np.isfinite(distill.discriminator_step(s, 2, x_n, x_n1, ids, g)["loss_d"])
 
 
 def test_generator_step_leaves_fake_score_and_discriminator_unchanged(tiny_run):
